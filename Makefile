@@ -1,0 +1,53 @@
+# bigdeep: `make run` runs the pipeline on the embedded data; `make test` runs the tests.
+# Both set up .venv first from the pinned constraints (torch is the CPU build on disk here).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+# Quiet and offline by default (MLflow reads "true", not "1").
+export DO_NOT_TRACK := true
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export MLFLOW_DISABLE_TELEMETRY := true
+export DVC_NO_ANALYTICS := 1
+export GX_ANALYTICS_ENABLED := false
+export MPLBACKEND := Agg
+# Prefect's state (ephemeral server database, logs) stays in the project.
+export PREFECT_HOME ?= $(CURDIR)/.prefect
+
+.PHONY: setup run test lint format ui bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), f"bigdeep needs Python 3.11, found {sys.version.split()[0]}"'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first and alone, pinned: a bare requirement would pull a multi-GB CUDA build.
+	$(BIN)/pip install -q -c constraints.txt torch==2.13.0
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	@touch $@
+
+run: setup
+	@test -d .dvc || $(BIN)/dvc init -q
+	$(BIN)/bigdeep run
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check src flows tests
+	$(BIN)/ruff format --check src flows tests
+
+format: setup
+	$(BIN)/ruff format src flows tests
+	$(BIN)/ruff check --fix src flows tests
+
+ui: setup
+	$(BIN)/bigdeep ui
+
+bench: setup
+	$(BIN)/python tests/benchmarks/bench_train.py
+
+clean:
+	rm -rf $(VENV) .prefect mlflow.db mlartifacts

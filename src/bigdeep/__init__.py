@@ -1,0 +1,1 @@
+"""bigdeep: quality-gated, versioned deep learning on data that keeps arriving."""

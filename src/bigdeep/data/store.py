@@ -1,0 +1,62 @@
+"""The canonical store: a folder of Parquet shards, written atomically.
+
+Images are rows of (record_id, source, label, image bytes), many per shard, never one
+file per image (DVC is slow with millions of small files). Series are rows of
+(row, timestamp, value columns...).
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+IMAGE_SCHEMA = pa.schema(
+    [
+        ("record_id", pa.string()),
+        ("source", pa.string()),
+        ("label", pa.string()),
+        ("image", pa.binary()),
+    ]
+)
+
+
+def write_shards(batches: Iterable[pd.DataFrame | pa.Table], out_dir: Path) -> int:
+    """Write each batch as one shard `part-NNNNN.parquet`; replace `out_dir` atomically.
+
+    Returns the number of rows written. The new folder is built beside the old one and
+    swapped in only when complete, so a crash never leaves a half-written dataset.
+    """
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    rows = 0
+    for i, batch in enumerate(batches):
+        table = batch if isinstance(batch, pa.Table) else pa.Table.from_pandas(batch, preserve_index=False)
+        pq.write_table(table, tmp / f"part-{i:05d}.parquet")
+        rows += table.num_rows
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp.rename(out_dir)
+    return rows
+
+
+def shard_paths(shards_dir: Path) -> list[Path]:
+    paths = sorted(Path(shards_dir).glob("part-*.parquet"))
+    if not paths:
+        raise FileNotFoundError(f"{shards_dir}: no part-*.parquet shards (run `bigdeep ingest` first)")
+    return paths
+
+
+def iter_shards(shards_dir: Path, columns: list[str] | None = None) -> Iterator[pd.DataFrame]:
+    """Yield one DataFrame per shard: memory stays bounded by the shard size."""
+    for path in shard_paths(shards_dir):
+        yield pq.read_table(path, columns=columns).to_pandas()
+
+
+def read_all(shards_dir: Path, columns: list[str] | None = None) -> pd.DataFrame:
+    return pd.concat(list(iter_shards(shards_dir, columns)), ignore_index=True)

@@ -1,0 +1,133 @@
+"""Stage `prepare`: accepted raw data -> seeded train/val/test splits in `data/processed/<dataset>/`.
+
+    bigdeep prepare images --raw data/raw/images --quarantine data/quarantine/images --out data/processed/images
+    bigdeep prepare series --raw data/raw/series --quarantine data/quarantine/series --out data/processed/series
+
+Images: decoded to uint8 arrays, split stratified by class with a seeded generator.
+Series: resampled, split in time order (train, then val, then test); the scaler is fitted
+on the train rows only, so nothing about the future leaks into training.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from bigdeep.config import ImagePrepare, SeriesData, SeriesPrepare
+from bigdeep.data.store import read_all
+
+
+class PrepareError(ValueError):
+    """The accepted data cannot be split as asked."""
+
+
+def quarantined_records(quarantine_dir: Path) -> set[str]:
+    path = Path(quarantine_dir) / "reasons.parquet"
+    if not path.exists():
+        return set()
+    return set(pd.read_parquet(path, columns=["record"])["record"].astype(str))
+
+
+# --- images ----------------------------------------------------------------------------------
+
+
+def stratified_split(
+    labels: np.ndarray, val_fraction: float, test_fraction: float, seed: int
+) -> dict[str, np.ndarray]:
+    """Indices per split; each class is cut in the same proportions. Pure and seeded."""
+    rng = np.random.default_rng(seed)
+    parts: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": []}
+    for cls in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == cls))
+        n_test = int(round(len(idx) * test_fraction))
+        n_val = int(round(len(idx) * val_fraction))
+        parts["test"].append(idx[:n_test])
+        parts["val"].append(idx[n_test : n_test + n_val])
+        parts["train"].append(idx[n_test + n_val :])
+    out = {k: np.sort(np.concatenate(v)) for k, v in parts.items()}
+    for name, idx in out.items():
+        if len(idx) == 0:
+            raise PrepareError(f"split {name!r} is empty: {len(labels)} images are too few for these fractions")
+    return out
+
+
+def decode_grey(data: bytes) -> np.ndarray:
+    """PNG (or any PIL format) bytes -> (H, W) uint8."""
+    with Image.open(io.BytesIO(data)) as im:
+        return np.asarray(im.convert("L"), dtype=np.uint8)
+
+
+def prepare_images(
+    raw_dir: Path, quarantine_dir: Path, out_dir: Path, cfg: ImagePrepare, classes: list[str], seed: int
+) -> dict[str, int]:
+    frame = read_all(raw_dir)
+    frame = frame[~frame["record_id"].isin(quarantined_records(quarantine_dir))]
+    unknown = sorted(set(frame["label"]) - set(classes))
+    if unknown:
+        raise PrepareError(f"{raw_dir}: labels {unknown} not in quality.images.classes and not quarantined")
+    x = np.stack([decode_grey(b) for b in frame["image"]])  # (N, H, W) uint8
+    y = frame["label"].map({c: i for i, c in enumerate(classes)}).to_numpy(np.int64)
+    import hashlib
+
+    ids = np.array([hashlib.sha256(b).hexdigest() for b in frame["image"]])
+    splits = stratified_split(y, cfg.val_fraction, cfg.test_fraction, seed)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, idx in splits.items():
+        # np.savez (not _compressed) keeps the bytes deterministic and loading fast.
+        np.savez(out_dir / f"{name}.npz", x=x[idx], y=y[idx], ids=ids[idx])
+    (out_dir / "classes.json").write_text(json.dumps(classes) + "\n")
+    return {name: len(idx) for name, idx in splits.items()}
+
+
+# --- series ----------------------------------------------------------------------------------
+
+
+def prepare_series_frame(
+    frame: pd.DataFrame, data: SeriesData, cfg: SeriesPrepare
+) -> tuple[pd.DataFrame, dict]:
+    """Raw canonical series -> (scaled frame with a `split` column, meta). Pure."""
+    columns = [data.target, *data.features]
+    series = frame.set_index("timestamp")[columns].sort_index().astype("float64")
+    freq = cfg.resample
+    if freq:
+        series = series.resample(freq).mean()
+        holes = series[series.isna().any(axis=1)]
+        if len(holes):
+            raise PrepareError(
+                f"after resampling to {freq}, {len(holes)} step(s) have no data, first at "
+                f"{holes.index[0].isoformat()}: fill the gap in the source or set prepare.series.resample"
+            )
+    n = len(series)
+    n_train, n_val = int(n * cfg.train_fraction), int(n * cfg.val_fraction)
+    if n_train == 0 or n_val == 0 or n - n_train - n_val <= 0:
+        raise PrepareError(f"{n} rows are too few for train/val/test fractions {cfg.train_fraction}/{cfg.val_fraction}")
+    split = np.array(["train"] * n_train + ["val"] * n_val + ["test"] * (n - n_train - n_val))
+    train = series.iloc[:n_train]
+    scaler = {c: {"mean": float(train[c].mean()), "std": float(train[c].std(ddof=0) or 1.0)} for c in columns}
+    scaled = series.copy()
+    for c in columns:
+        scaled[c] = (series[c] - scaler[c]["mean"]) / scaler[c]["std"]
+    scaled = scaled.reset_index()
+    scaled["split"] = split
+    meta = {"target": data.target, "features": list(data.features), "scaler": scaler, "freq": freq}
+    return scaled, meta
+
+
+def prepare_series(
+    raw_dir: Path, quarantine_dir: Path, out_dir: Path, data: SeriesData, cfg: SeriesPrepare
+) -> dict[str, int]:
+    frame = read_all(raw_dir)
+    bad = {int(r) for r in quarantined_records(quarantine_dir)}
+    frame = frame[~frame["row"].isin(bad)]
+    scaled, meta = prepare_series_frame(frame, data, cfg)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    scaled.to_parquet(out_dir / "series.parquet", index=False)
+    (out_dir / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    return scaled["split"].value_counts().to_dict()
