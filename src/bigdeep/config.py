@@ -70,6 +70,7 @@ class ImageQuality(Strict):
     height: int = Field(28, ge=1)
     width: int = Field(28, ge=1)
     mode: str = "L"  # PIL mode: L = 8-bit grey
+    max_pixels: int = Field(2**24, ge=1)  # larger declared sizes are refused before decoding
     max_quarantine_fraction: float = Field(0.01, ge=0, le=1)
 
 

@@ -1,0 +1,392 @@
+"""The quality gate with real Great Expectations suites on tiny data made here."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from bigdeep.config import ImageQuality, SeriesData, SeriesQuality
+from bigdeep.quality.gate import (
+    QUARANTINE_COLUMNS,
+    GateResult,
+    run_gate,
+    write_quarantine,
+    write_report,
+)
+from bigdeep.quality.profile import profile_images
+
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+
+CLASSES = ["0", "1", "2"]
+# 12 clean images, 4 per class: one bad record is 1/13 = 7.7% of the data.
+IMAGES = ImageQuality(classes=CLASSES, min_rows=3, max_quarantine_fraction=0.01)
+SERIES = SeriesQuality(min_rows=10)
+COLUMNS = SeriesData(timestamp="Time", target="Demand", features=["Temperature"])
+
+
+# --- tiny raw stores -----------------------------------------------------------------------
+
+
+def png(pixels: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def digit(seed: int, shape: tuple[int, ...] = (28, 28), dtype: type = np.uint8) -> np.ndarray:
+    high = 256 if dtype == np.uint8 else 65_536
+    return np.random.default_rng(seed).integers(0, high, size=shape, dtype=dtype)
+
+
+def clean_images() -> list[tuple[str, str, bytes]]:
+    return [(f"{i % 3}/{i:02d}.png", str(i % 3), png(digit(i))) for i in range(12)]
+
+
+def write_images(root: Path, records: list[tuple[str, str, bytes]]) -> Path:
+    """The canonical raw image store, in two shards."""
+    root.mkdir(parents=True, exist_ok=True)
+    half = len(records) // 2
+    for i, part in enumerate([records[:half], records[half:]]):
+        table = pa.table(
+            {
+                "record_id": [r for r, _, _ in part],
+                "source": [f"folder:{r}" for r, _, _ in part],
+                "label": [label for _, label, _ in part],
+                "image": [data for _, _, data in part],
+            },
+            schema=pa.schema(
+                [
+                    ("record_id", pa.string()),
+                    ("source", pa.string()),
+                    ("label", pa.string()),
+                    ("image", pa.binary()),
+                ]
+            ),
+        )
+        pq.write_table(table, root / f"part-{i:05d}.parquet")
+    return root
+
+
+def gate_images(
+    tmp_path: Path, records: list[tuple[str, str, bytes]], settings: ImageQuality = IMAGES
+) -> GateResult:
+    return run_gate("images", profile_images(write_images(tmp_path / "raw", records)), settings)
+
+
+def clean_series(n: int = 24) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "row": np.arange(1, n + 1, dtype="int64"),
+            "Time": pd.date_range("2014-01-01", periods=n, freq="30min", tz="UTC"),
+            "Demand": np.linspace(4000.0, 5000.0, n),
+            "Temperature": np.linspace(10.0, 20.0, n),
+        }
+    )
+
+
+def checks_of(result: GateResult, record: str) -> set[str]:
+    q = result.quarantine
+    return set(q.loc[q["record"] == record, "check"])
+
+
+def entry(result: GateResult, check: str) -> dict:
+    return next(e for e in result.report["expectations"] if e["check"] == check)
+
+
+# --- images --------------------------------------------------------------------------------
+
+
+def test_clean_images_pass(tmp_path: Path):
+    result = gate_images(tmp_path, clean_images())
+    assert result.passed and result.report["passed"]
+    assert result.report["rows"] == 12
+    assert result.report["quarantined"] == 0 and len(result.quarantine) == 0
+    assert result.report["failures"] == []
+    assert all(e["success"] for e in result.report["expectations"])
+    by_v = result.report["by_v"]
+    assert set(by_v) == {"volume", "variety", "validity", "velocity"}
+    assert by_v["volume"]["passed"] >= 2 and by_v["validity"]["passed"] >= 5
+    assert entry(result, "row_count")["observed"] == 12
+
+
+BAD_IMAGES = {
+    "truncated": (png(digit(99))[:60], {"decodes"}, "does not decode"),
+    "zero-byte": (b"", {"decodes"}, "does not decode (empty file (0 bytes))"),
+    "text": (b"hello, I am not a PNG\n", {"decodes"}, "cannot identify image file"),
+    "rgba": (png(digit(99, (28, 28, 4))), {"mode"}, 'has mode "RGBA", expected "L"'),
+    "16-bit": (
+        png(digit(99, dtype=np.uint16) | 0x8000),  # every pixel > 255
+        {"mode", "pixel_max"},
+        "has pixel values above 255",
+    ),
+    "wrong-size": (png(digit(99, (32, 30))), {"height", "width"}, "is 32 pixels high, expected 28"),
+}
+
+
+@pytest.mark.parametrize("kind", list(BAD_IMAGES))
+def test_bad_image_is_named_and_quarantined(tmp_path: Path, kind: str):
+    data, checks, says = BAD_IMAGES[kind]
+    result = gate_images(tmp_path, [*clean_images(), ("0/bad.png", "0", data)])
+    assert checks_of(result, "0/bad.png") == checks
+    assert result.report["quarantined"] == 1  # only the bad one
+    assert any(
+        f.startswith('images: record "0/bad.png" ') and says in f for f in result.report["failures"]
+    )
+    for check in checks:
+        assert "0/bad.png" in entry(result, check)["examples"]
+    assert not result.passed  # 1 of 13 is over the 1% allowed
+
+
+def test_decode_error_is_the_observed_value(tmp_path: Path):
+    result = gate_images(tmp_path, [*clean_images(), ("0/bad.png", "0", b"")])
+    assert list(result.quarantine["observed"]) == ["empty file (0 bytes)"]
+
+
+def test_label_outside_classes_is_quarantined(tmp_path: Path):
+    result = gate_images(tmp_path, [*clean_images(), ("cat/x.png", "cat", png(digit(50)))])
+    q = result.quarantine
+    assert list(q["record"]) == ["cat/x.png"]
+    assert list(q["check"]) == ["label_in_classes"] and list(q["observed"]) == ["cat"]
+    assert any('record "cat/x.png" has label "cat"' in f for f in result.report["failures"])
+
+
+def test_missing_class_fails_the_gate_at_dataset_level(tmp_path: Path):
+    records = [r for r in clean_images() if r[1] != "2"]
+    result = gate_images(tmp_path, records)
+    assert not result.passed
+    assert len(result.quarantine) == 0  # nothing is wrong with any one record
+    assert entry(result, "class_present")["examples"] == ["2"]
+    assert (
+        'images: class "2" has no records (every class must be present)'
+        in result.report["failures"]
+    )
+
+
+def test_class_under_min_per_class_fails(tmp_path: Path):
+    settings = IMAGES.model_copy(update={"min_per_class": 5})
+    records = [*clean_images(), ("0/x.png", "0", png(digit(60)))]  # 5, 4, 4
+    result = gate_images(tmp_path, records, settings)
+    assert not result.passed
+    assert entry(result, "class_count")["examples"] == ["1", "2"]
+    assert (
+        'images: class "1" has 4 records, fewer than min_per_class=5' in result.report["failures"]
+    )
+
+
+def test_empty_dataset_fails(tmp_path: Path):
+    (tmp_path / "raw").mkdir()
+    result = run_gate("images", profile_images(tmp_path / "raw"), IMAGES)
+    assert not result.passed
+    assert result.report["rows"] == 0 and result.report["quarantined_fraction"] == 0.0
+    assert result.report["failures"][0] == "images: no records (the dataset is empty)"
+    assert entry(result, "row_count")["success"] is False
+
+
+def test_exact_duplicate_quarantines_the_later_copy_only(tmp_path: Path):
+    records = clean_images()
+    records.append(("2/copy.png", "2", records[0][2]))
+    result = gate_images(tmp_path, records)
+    q = result.quarantine
+    assert list(zip(q["record"], q["check"], q["observed"], strict=True)) == [
+        ("2/copy.png", "duplicate", records[0][0])
+    ]
+    assert any(
+        'record "2/copy.png" is an exact duplicate of "0/00.png"' in f
+        for f in result.report["failures"]
+    )
+
+
+@pytest.mark.parametrize(("allowed", "passes"), [(0.05, False), (0.10, True)])
+def test_quarantine_fraction_decides(tmp_path: Path, allowed: float, passes: bool):
+    settings = IMAGES.model_copy(update={"max_quarantine_fraction": allowed})
+    result = gate_images(tmp_path, [*clean_images(), ("0/bad.png", "0", b"")], settings)
+    assert result.report["quarantined_fraction"] == pytest.approx(1 / 13)
+    assert result.passed is passes
+    over = [f for f in result.report["failures"] if "max_quarantine_fraction" in f]
+    assert bool(over) is not passes
+
+
+def test_missing_profile_column_fails_and_is_named(tmp_path: Path):
+    profile = profile_images(write_images(tmp_path / "raw", clean_images()))
+    result = run_gate("images", profile.drop(columns=["mode"]), IMAGES)
+    assert not result.passed
+    assert result.report["failures"][0].startswith("images: profile columns missing: mode")
+    assert not any("could not run" in f for f in result.report["failures"])
+
+
+def test_write_report_is_stable_json(tmp_path: Path):
+    result = gate_images(tmp_path, [*clean_images(), ("0/bad.png", "0", b"")])
+    path = write_report(result, tmp_path / "reports")
+    assert path == tmp_path / "reports" / "images.json"
+    first = path.read_bytes()
+    assert json.loads(first) == result.report
+    assert list(json.loads(first))[:3] == ["dataset", "passed", "rows"]
+    write_report(result, tmp_path / "reports")
+    assert path.read_bytes() == first
+
+
+def test_write_quarantine_copies_bad_records_and_leaves_raw_alone(tmp_path: Path):
+    records = [*clean_images(), ("0/bad.png", "0", b"not an image")]
+    raw = write_images(tmp_path / "raw", records)
+    before = {p.name: p.read_bytes() for p in raw.iterdir()}
+    result = run_gate("images", profile_images(raw), IMAGES)
+    reasons_path, records_path = write_quarantine(result, raw, tmp_path / "quarantine")
+
+    reasons = pd.read_parquet(reasons_path)
+    assert list(reasons.columns) == QUARANTINE_COLUMNS
+    assert list(reasons["record"]) == ["0/bad.png"]
+    copied = pq.read_table(records_path).to_pylist()
+    assert [(r["record_id"], r["image"]) for r in copied] == [("0/bad.png", b"not an image")]
+    assert {p.name: p.read_bytes() for p in raw.iterdir()} == before
+
+
+def test_write_quarantine_writes_empty_files_when_nothing_is_quarantined(tmp_path: Path):
+    raw = write_images(tmp_path / "raw", clean_images())
+    result = run_gate("images", profile_images(raw), IMAGES)
+    write_quarantine(result, raw, tmp_path / "quarantine")
+    reasons = pq.read_table(tmp_path / "quarantine" / "reasons.parquet")
+    records = pq.read_table(tmp_path / "quarantine" / "records.parquet")
+    assert reasons.num_rows == 0 and reasons.column_names == QUARANTINE_COLUMNS
+    assert records.num_rows == 0 and records.column_names == [
+        "record_id",
+        "source",
+        "label",
+        "image",
+    ]
+
+
+# --- series --------------------------------------------------------------------------------
+
+
+def gate_series(frame: pd.DataFrame) -> GateResult:
+    return run_gate("series", frame, SERIES, COLUMNS)
+
+
+def test_clean_series_passes():
+    result = gate_series(clean_series())
+    assert result.passed
+    assert result.report["failures"] == [] and len(result.quarantine) == 0
+    assert result.report["by_v"]["validity"]["failed"] == 0
+    assert entry(result, "row_count")["observed"] == 24
+
+
+def _nan(f: pd.DataFrame) -> None:
+    f.loc[16, "Demand"] = np.nan
+
+
+def _inf(f: pd.DataFrame) -> None:
+    f.loc[16, "Temperature"] = -np.inf
+
+
+def _duplicate(f: pd.DataFrame) -> None:
+    f.loc[16, "Time"] = f.loc[15, "Time"]
+
+
+def _out_of_order(f: pd.DataFrame) -> None:
+    f.loc[16, "Time"] = f.loc[2, "Time"] + pd.Timedelta(minutes=10)
+
+
+def _unparsed(f: pd.DataFrame) -> None:
+    f.loc[16, "Time"] = pd.NaT
+
+
+def _text(f: pd.DataFrame) -> None:
+    f["Temperature"] = f["Temperature"].astype(object)
+    f.loc[16, "Temperature"] = "n/a"
+
+
+BAD_ROWS = {
+    # kind: (spoil, checks failed by row 17, a failure sentence, rows quarantined)
+    # row 17 is index 16; its timestamp is 2014-01-01T08:00Z
+    "nan": (_nan, {"Demand_present"}, "series: row 17 (2014-01-01T08:00Z) Demand is NaN", 1),
+    "inf": (
+        _inf,
+        {"Temperature_finite"},
+        "series: row 17 (2014-01-01T08:00Z) Temperature is -inf, not a finite number",
+        1,
+    ),
+    "duplicate": (  # both rows that share the timestamp are flagged
+        _duplicate,
+        {"timestamp_unique", "timestamp_increasing"},
+        "series: row 17 (2014-01-01T07:30Z) Time is not after the row before it",
+        2,
+    ),
+    "out-of-order": (
+        _out_of_order,
+        {"timestamp_increasing"},
+        "series: row 17 (2014-01-01T01:10Z) Time is not after the row before it",
+        1,
+    ),
+    "unparsed": (
+        _unparsed,
+        {"timestamp_present"},
+        "series: row 17 Time is missing or did not parse",
+        1,
+    ),
+    "text": (
+        _text,
+        {"Temperature_finite"},
+        'series: row 17 (2014-01-01T08:00Z) Temperature is "n/a", not a finite number',
+        1,
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", list(BAD_ROWS))
+def test_bad_row_fails_and_is_named(kind: str):
+    spoil, checks, sentence, quarantined = BAD_ROWS[kind]
+    frame = clean_series()
+    spoil(frame)
+    result = gate_series(frame)
+    assert not result.passed  # max_quarantine_fraction is 0 for series
+    assert checks_of(result, "17") == checks
+    assert sentence in result.report["failures"]
+    assert result.report["quarantined"] == quarantined
+    assert f"series: {quarantined} of 24 rows quarantined" in result.report["failures"][-1]
+
+
+def test_duplicate_timestamp_flags_both_rows():
+    frame = clean_series()
+    _duplicate(frame)
+    result = gate_series(frame)
+    assert entry(result, "timestamp_unique")["examples"] == [16, 17]
+    assert result.report["quarantined"] == 2
+
+
+def test_text_in_numeric_column_is_also_a_type_failure():
+    frame = clean_series()
+    _text(frame)
+    result = gate_series(frame)
+    assert 'series: column "Temperature" has type object, not numeric' in result.report["failures"]
+    assert entry(result, "type_Temperature")["critical"] is True
+
+
+def test_missing_column_is_named_once():
+    result = gate_series(clean_series().drop(columns=["Temperature"]))
+    assert not result.passed
+    assert result.report["failures"] == [
+        'series: column "Temperature" missing (columns seen: row, Time, Demand)'
+    ]
+
+
+def test_series_quarantine_copies_rows(tmp_path: Path):
+    frame = clean_series()
+    _nan(frame)
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    frame.iloc[:12].to_parquet(raw / "part-00000.parquet")
+    frame.iloc[12:].to_parquet(raw / "part-00001.parquet")
+    result = gate_series(frame)
+    _, records_path = write_quarantine(result, raw, tmp_path / "quarantine")
+    copied = pd.read_parquet(records_path)
+    assert list(copied["row"]) == [17]
+    assert copied["Demand"].isna().all()
