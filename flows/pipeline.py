@@ -1,0 +1,191 @@
+"""The bigdeep pipeline as a Prefect flow whose tasks run the DVC stages.
+
+    bigdeep run                      # or: make run
+    python flows/pipeline.py         # same, from a checkout
+
+Each task is `dvc repro --single-item <stage>`, so an unchanged stage is skipped and
+every run leaves a dvc.lock. The flow adds what DVC lacks: retries on I/O, run history,
+a summary artifact, and a Failed state when a quality gate fails. Stages run one after
+another: DVC locks the workspace while it reproduces.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+
+MODELS = {"images": "cnn", "series": "rnn"}
+
+
+class GateFailed(RuntimeError):
+    """A dataset failed its quality gate: nothing was trained or registered on it."""
+
+
+class StageFailed(RuntimeError):
+    """`dvc repro` of a stage failed for a reason other than the gate."""
+
+
+@dataclass
+class StageRun:
+    stage: str
+    ran: bool  # False when DVC found it unchanged and skipped it
+    returncode: int
+    output: str = field(repr=False, default="")
+
+
+@dataclass
+class DatasetSummary:
+    dataset: str
+    gate_passed: bool | None = None
+    by_v: dict = field(default_factory=dict)
+    rows: int | None = None
+    quarantined: int | None = None
+    failures: list[str] = field(default_factory=list)
+    version: str | None = None
+    model: str | None = None
+    metrics: dict = field(default_factory=dict)
+    stages: dict[str, str] = field(default_factory=dict)
+
+
+def _dvc(project: Path, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    # `bigdeep` (the stages' cmd) lives beside this interpreter, in the project's venv.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    try:
+        from prefect.runtime import flow_run
+
+        if flow_run.id:
+            env["BIGDEEP_FLOW_RUN_ID"] = str(flow_run.id)
+    except Exception:  # noqa: BLE001 - outside a flow run there is simply no id
+        pass
+    return subprocess.run(
+        [sys.executable, "-m", "dvc", *args], cwd=project, env=env, capture_output=True, text=True
+    )
+
+
+@task(name="reproduce")
+def reproduce(project_dir: str, stage: str) -> StageRun:
+    """`dvc repro -s <stage>`: run it when its deps, params or code changed, else skip."""
+    logger = get_run_logger()
+    proc = _dvc(Path(project_dir), "repro", "--single-item", stage)
+    output = proc.stdout + proc.stderr
+    ran = bool(re.search(rf"Running stage '{re.escape(stage)}'", output))
+    logger.info("%s: %s", stage, "ran" if ran else "unchanged, skipped")
+    if proc.returncode != 0:
+        logger.error("%s failed (exit %d):\n%s", stage, proc.returncode, output[-4000:])
+    return StageRun(stage, ran, proc.returncode, output)
+
+
+@task(name="scan", retries=2, retry_delay_seconds=5)
+def scan(project_dir: str, dataset: str) -> bool:
+    """Fingerprint the source (new files in a folder?); True when it changed since last run."""
+    from bigdeep.config import load_settings
+    from bigdeep.data.sources import write_fingerprint
+
+    project = Path(project_dir)
+    source = getattr(load_settings(project / "params.yaml").data, dataset).source
+    changed = write_fingerprint(source, project / "data" / "sources" / f"{dataset}.json", root=project)
+    get_run_logger().info("%s: source %s %s", dataset, source, "changed" if changed else "unchanged")
+    return changed
+
+
+@task(name="ingest", retries=2, retry_delay_seconds=5)
+def ingest(project_dir: str, dataset: str) -> StageRun:
+    """Reading the source is the one I/O-bound stage that may fail transiently: retried."""
+    result = reproduce.fn(project_dir, f"ingest@{dataset}")
+    if result.returncode != 0:
+        raise StageFailed(f"ingest@{dataset} failed:\n{result.output[-2000:]}")
+    return result
+
+
+@task(name="gate")
+def gate(project_dir: str, dataset: str) -> tuple[StageRun, dict]:
+    """Run `validate@<dataset>` and read its report; a failed gate stops this dataset."""
+    result = reproduce.fn(project_dir, f"validate@{dataset}")
+    report_path = Path(project_dir) / "reports" / "quality" / f"{dataset}.json"
+    report = json.loads(report_path.read_text()) if report_path.exists() else {}
+    if result.returncode != 0 and report.get("passed") is not False:
+        raise StageFailed(f"validate@{dataset} failed:\n{result.output[-2000:]}")
+    return result, report
+
+
+@task(name="summarize")
+def summarize(project_dir: str, summaries: list[DatasetSummary]) -> str:
+    from bigdeep.tracking import lock_outs
+
+    outs = lock_outs(Path(project_dir) / "dvc.lock")
+    lines = ["# bigdeep pipeline", ""]
+    for s in summaries:
+        s.version = outs.get(f"data/raw/{s.dataset}")
+        gate_word = {True: "PASSED", False: "FAILED", None: "not run"}[s.gate_passed]
+        lines.append(f"## {s.dataset}: gate {gate_word}, version {s.version or '-'}")
+        lines.append("")
+        if s.rows is not None:
+            lines.append(f"- rows {s.rows}, quarantined {s.quarantined}")
+        for v, c in s.by_v.items():
+            lines.append(f"- {v}: {c['passed']} passed, {c['failed']} failed")
+        for failure in s.failures[:10]:
+            lines.append(f"- failure: {failure}")
+        if s.model:
+            shown = ", ".join(f"{k} {v:.4g}" for k, v in sorted(s.metrics.items()) if isinstance(v, float))
+            lines.append(f"- model {s.model}: {shown}; MLflow run {s.metrics.get('run_id', '-')}")
+        lines.append("- stages: " + ", ".join(f"{k} {v}" for k, v in s.stages.items()))
+        lines.append("")
+    return "\n".join(lines)
+
+
+@flow(name="bigdeep-pipeline", log_prints=True)
+def pipeline(project_dir: str = ".", datasets: list[str] | None = None) -> list[dict]:
+    """ingest -> validate (gate) -> prepare -> train, per dataset; Failed if any gate fails."""
+    project = str(Path(project_dir).resolve())
+    summaries = []
+    failed_gates, errors = [], []
+    for dataset in datasets or list(MODELS):
+        s = DatasetSummary(dataset)
+        summaries.append(s)
+        try:
+            scan(project, dataset)
+            s.stages["ingest"] = _word(ingest(project, dataset))
+            run, report = gate(project, dataset)
+            s.stages["validate"] = _word(run)
+            s.gate_passed = bool(report.get("passed"))
+            s.by_v, s.rows = report.get("by_v", {}), report.get("rows")
+            s.quarantined, s.failures = report.get("quarantined"), report.get("failures", [])
+            if not s.gate_passed:
+                failed_gates.append(dataset)
+                continue  # nothing is prepared, trained or registered on data that failed
+            model = MODELS[dataset]
+            for stage, key in ((f"prepare@{dataset}", "prepare"), (f"train_{model}", f"train_{model}")):
+                result = reproduce(project, stage)
+                s.stages[key] = _word(result)
+                if result.returncode != 0:
+                    raise StageFailed(f"{stage} failed:\n{result.output[-2000:]}")
+            s.model = model
+            s.metrics = json.loads((Path(project) / "metrics" / f"{model}.json").read_text())
+        except StageFailed as e:
+            errors.append(str(e))
+    text = summarize(project, summaries)
+    create_markdown_artifact(markdown=text, key="bigdeep-summary", description="bigdeep pipeline summary")
+    print(text)
+    if failed_gates:
+        raise GateFailed(f"quality gate failed for {', '.join(failed_gates)}: see reports/quality/")
+    if errors:
+        raise StageFailed("\n".join(errors))
+    return [asdict(s) for s in summaries]
+
+
+def _word(run: StageRun) -> str:
+    return "failed" if run.returncode else ("ran" if run.ran else "skipped")
+
+
+if __name__ == "__main__":
+    state = pipeline(project_dir=".", return_state=True)
+    sys.exit(0 if state.is_completed() else 1)

@@ -1,0 +1,190 @@
+"""`bigdeep`: one command per pipeline stage, plus run / ui.
+
+    bigdeep scan images --out data/sources/images.json
+    bigdeep ingest images --out data/raw/images
+    bigdeep validate images --raw data/raw/images --report reports/quality/images.json --quarantine data/quarantine/images
+    bigdeep prepare images --raw data/raw/images --quarantine data/quarantine/images --out data/processed/images
+    bigdeep train cnn --data data/processed/images --out models/cnn --metrics metrics/cnn.json
+    bigdeep run            # the whole pipeline as a Prefect flow, through DVC
+    bigdeep ui             # the MLflow UI on 127.0.0.1
+
+Paths come from dvc.yaml (the stage's cmd); parameters from params.yaml. Exit status:
+0 done, 1 failed, 2 bad config or usage, 3 the quality gate failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+# Quiet and offline unless the user says otherwise (MLflow reads "true", not "1").
+QUIET_ENV = {
+    "DO_NOT_TRACK": "true",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DVC_NO_ANALYTICS": "1",
+    "GX_ANALYTICS_ENABLED": "false",
+}
+
+EXIT_FAILED, EXIT_CONFIG, EXIT_GATE = 1, 2, 3
+
+
+def _settings(args: argparse.Namespace):
+    from bigdeep.config import load_settings
+
+    return load_settings(args.params)
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from bigdeep.ingest import INGEST
+
+    result = INGEST[args.dataset](_settings(args), Path(args.out))
+    print(f"ingest {result.dataset}: {result.rows} rows -> {result.out_dir}")
+    return 0
+
+
+def cmd_scan(args: argparse.Namespace) -> int:
+    from bigdeep.data.sources import write_fingerprint
+
+    source = getattr(_settings(args).data, args.dataset).source
+    changed = write_fingerprint(source, Path(args.out))
+    print(f"scan {args.dataset}: {source} {'changed' if changed else 'unchanged'} -> {args.out}")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from bigdeep.validate import validate
+
+    result = validate(args.dataset, _settings(args), Path(args.raw), Path(args.report), Path(args.quarantine))
+    report = result.report
+    print(
+        f"validate {args.dataset}: {'PASSED' if result.passed else 'FAILED'} "
+        f"({report['rows']} rows, {report['quarantined']} quarantined) -> {args.report}"
+    )
+    for v, counts in report["by_v"].items():
+        print(f"  {v:<9} {counts['passed']} passed, {counts['failed']} failed")
+    for line in report["failures"][:20]:
+        print(f"  - {line}", file=sys.stderr)
+    return 0 if result.passed else EXIT_GATE
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from bigdeep.prepare import prepare_images, prepare_series
+
+    s = _settings(args)
+    if args.dataset == "images":
+        counts = prepare_images(
+            Path(args.raw), Path(args.quarantine), Path(args.out), s.prepare.images, s.quality.images.classes, s.seed
+        )
+    else:
+        counts = prepare_series(Path(args.raw), Path(args.quarantine), Path(args.out), s.data.series, s.prepare.series)
+    print(f"prepare {args.dataset}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from bigdeep.train import train_cnn, train_rnn
+
+    fit = {"cnn": train_cnn, "rnn": train_rnn}[args.model]
+    report = Path(args.report) if args.report else None
+    plots = Path(args.plots or f"reports/train/{args.model}")
+    result = fit(_settings(args), Path(args.data), Path(args.out), Path(args.metrics), plots, report)
+    shown = ", ".join(f"{k}={v:.4g}" for k, v in sorted(result.metrics.items()))
+    print(f"train {args.model}: {shown} (MLflow run {result.run_id})")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    # flows/ sits beside src/ in the checkout bigdeep is installed from (editable install).
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    from flows.pipeline import pipeline
+
+    state = pipeline(project_dir=str(Path(args.project).resolve()), return_state=True)
+    return 0 if state.is_completed() else EXIT_FAILED
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    from bigdeep.config import load_settings
+    from bigdeep.tracking import tracking_uri
+
+    uri = tracking_uri(load_settings(args.params).mlflow)
+    print(f"MLflow UI for {uri} at http://{args.host}:{args.port}  (Ctrl-C stops it)", flush=True)
+    os.execvp(
+        sys.executable,
+        [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+         "--host", args.host, "--port", str(args.port), "--workers", "1"],
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bigdeep", description=__doc__.split("\n")[0])
+    p.add_argument("--params", default="params.yaml", help="parameters file (default: params.yaml)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("scan", help="fingerprint a source; ingest re-runs only when it changed")
+    s.add_argument("dataset", choices=["images", "series"])
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_scan)
+
+    s = sub.add_parser("ingest", help="read a source into data/raw/<dataset>")
+    s.add_argument("dataset", choices=["images", "series"])
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_ingest)
+
+    s = sub.add_parser("validate", help="profile + Great Expectations gate; exit 3 when it fails")
+    s.add_argument("dataset", choices=["images", "series"])
+    s.add_argument("--raw", required=True)
+    s.add_argument("--report", required=True)
+    s.add_argument("--quarantine", required=True)
+    s.set_defaults(func=cmd_validate)
+
+    s = sub.add_parser("prepare", help="seeded train/val/test splits")
+    s.add_argument("dataset", choices=["images", "series"])
+    s.add_argument("--raw", required=True)
+    s.add_argument("--quarantine", required=True)
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_prepare)
+
+    s = sub.add_parser("train", help="fit, evaluate and log a model to MLflow")
+    s.add_argument("model", choices=["cnn", "rnn"])
+    s.add_argument("--data", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--metrics", required=True)
+    s.add_argument("--report", help="the quality report to attach to the run")
+    s.add_argument("--plots", help="folder for learning curves (default reports/train/<model>)")
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("run", help="run the whole pipeline (Prefect flow over DVC stages)")
+    s.add_argument("--project", default=".", help="project folder holding dvc.yaml and params.yaml")
+    s.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("ui", help="start the MLflow UI")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=5000)
+    s.set_defaults(func=cmd_ui)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    args = build_parser().parse_args(argv)
+    from bigdeep.config import ConfigError
+    from bigdeep.data.sources import SourceError
+    from bigdeep.prepare import PrepareError
+    from bigdeep.tracking import TrackingError
+
+    try:
+        return args.func(args)
+    except ConfigError as e:
+        print(f"bigdeep {args.command}: config error: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    except (SourceError, PrepareError, TrackingError, FileNotFoundError) as e:
+        print(f"bigdeep {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

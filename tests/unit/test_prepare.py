@@ -1,0 +1,70 @@
+"""prepare: seeded stratified image splits; time-ordered series splits scaled on train only."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bigdeep.config import ImagePrepare, SeriesData, SeriesPrepare, Settings
+from bigdeep.ingest import ingest_images
+from bigdeep.prepare import PrepareError, prepare_images, prepare_series_frame, stratified_split
+
+
+def test_stratified_split_is_seeded_disjoint_and_proportional():
+    labels = np.repeat(np.arange(4), 50)
+    a = stratified_split(labels, 0.1, 0.2, seed=1)
+    b = stratified_split(labels, 0.1, 0.2, seed=1)
+    c = stratified_split(labels, 0.1, 0.2, seed=2)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert not np.array_equal(a["test"], c["test"])
+    everything = np.concatenate(list(a.values()))
+    assert len(everything) == len(set(everything)) == 200  # disjoint and complete
+    for cls in range(4):
+        assert (labels[a["test"]] == cls).sum() == 10 and (labels[a["val"]] == cls).sum() == 5
+
+
+def test_stratified_split_refuses_an_empty_split():
+    with pytest.raises(PrepareError, match="'val' is empty"):
+        stratified_split(np.array([0, 1]), 0.1, 0.2, seed=0)
+
+
+def test_prepare_images_drops_quarantined_records(tmp_path):
+    ingest_images(Settings.model_validate({"data": {"images": {"per_class": 10}}}), tmp_path / "raw")
+    quarantine = tmp_path / "q"
+    quarantine.mkdir()
+    pd.DataFrame({"record": ["builtin:mnist/00000"], "check": ["x"], "observed": ["y"]}).to_parquet(
+        quarantine / "reasons.parquet"
+    )
+    classes = [str(d) for d in range(10)]
+    counts = prepare_images(tmp_path / "raw", quarantine, tmp_path / "out", ImagePrepare(), classes, seed=0)
+    assert sum(counts.values()) == 99
+    splits = {k: np.load(tmp_path / "out" / f"{k}.npz") for k in ("train", "val", "test")}
+    assert splits["train"]["x"].shape[1:] == (28, 28) and splits["train"]["x"].dtype == np.uint8
+    ids = np.concatenate([s["ids"] for s in splits.values()])
+    assert len(set(ids)) == 99  # no image in two splits
+    assert json.loads((tmp_path / "out" / "classes.json").read_text()) == classes
+
+
+def series_frame(n: int) -> pd.DataFrame:
+    ts = pd.date_range("2024-01-01", periods=n, freq="30min", tz="UTC")
+    return pd.DataFrame({"row": np.arange(1, n + 1), "timestamp": ts, "Demand": np.arange(n, dtype=float), "Temperature": 20.0})
+
+
+def test_series_split_is_time_ordered_and_scaled_on_train_only():
+    scaled, meta = prepare_series_frame(series_frame(200), SeriesData(), SeriesPrepare(resample="1h"))
+    assert len(scaled) == 100  # half-hourly -> hourly
+    assert list(scaled["split"]) == ["train"] * 70 + ["val"] * 15 + ["test"] * 15
+    train = scaled[scaled["split"] == "train"]
+    assert abs(train["Demand"].mean()) < 1e-9 and abs(train["Demand"].std(ddof=0) - 1) < 1e-9
+    # hourly mean of raw values 0..139 (train rows) -> mean 69.5: fitted on train alone
+    assert meta["scaler"]["Demand"]["mean"] == pytest.approx(69.5)
+    assert scaled[scaled["split"] == "test"]["Demand"].min() > train["Demand"].max()
+
+
+def test_series_gap_after_resampling_is_named():
+    frame = series_frame(200).drop(index=range(50, 60))
+    with pytest.raises(PrepareError, match="first at 2024-01-02T01:00:00"):
+        prepare_series_frame(frame, SeriesData(), SeriesPrepare(resample="1h"))
