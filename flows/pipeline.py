@@ -84,6 +84,27 @@ def reproduce(project_dir: str, stage: str) -> StageRun:
     return StageRun(stage, ran, proc.returncode, output)
 
 
+@task(name="check-tracking")
+def check_tracking(project_dir: str) -> str:
+    """Fail at the start, not after training, when the MLflow server is down."""
+    from bigdeep.config import load_settings
+    from bigdeep.tracking import check_reachable
+
+    return check_reachable(load_settings(Path(project_dir) / "params.yaml").mlflow)
+
+
+@task(name="push-data", retries=2, retry_delay_seconds=5)
+def push_data(project_dir: str) -> str:
+    """`dvc push` accepted data to the default remote, so `bigdeep restore` works elsewhere."""
+    if not _dvc(Path(project_dir), "remote", "list").stdout.strip():
+        get_run_logger().warning("no DVC remote configured: data not pushed")
+        return "no remote"
+    proc = _dvc(Path(project_dir), "push")
+    if proc.returncode != 0:
+        raise StageFailed(f"dvc push failed:\n{(proc.stdout + proc.stderr)[-2000:]}")
+    return proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
+
+
 @task(name="scan", retries=2, retry_delay_seconds=5)
 def scan(project_dir: str, dataset: str) -> bool:
     """Fingerprint the source (new files in a folder?); True when it changed since last run."""
@@ -137,6 +158,9 @@ def summarize(project_dir: str, summaries: list[DatasetSummary]) -> str:
         if s.model:
             shown = ", ".join(f"{k} {v:.4g}" for k, v in sorted(s.metrics.items()) if isinstance(v, float))
             lines.append(f"- model {s.model}: {shown}; MLflow run {s.metrics.get('run_id', '-')}")
+            reg = s.metrics.get("registry") or {}
+            if reg:
+                lines.append(f"- registry: {reg['model']} v{reg['version']} is {reg['alias']} ({reg['reason']})")
         lines.append("- stages: " + ", ".join(f"{k} {v}" for k, v in s.stages.items()))
         lines.append("")
     return "\n".join(lines)
@@ -146,6 +170,7 @@ def summarize(project_dir: str, summaries: list[DatasetSummary]) -> str:
 def pipeline(project_dir: str = ".", datasets: list[str] | None = None) -> list[dict]:
     """ingest -> validate (gate) -> prepare -> train, per dataset; Failed if any gate fails."""
     project = str(Path(project_dir).resolve())
+    check_tracking(project)
     summaries = []
     failed_gates, errors = [], []
     for dataset in datasets or list(MODELS):
@@ -172,6 +197,8 @@ def pipeline(project_dir: str = ".", datasets: list[str] | None = None) -> list[
             s.metrics = json.loads((Path(project) / "metrics" / f"{model}.json").read_text())
         except StageFailed as e:
             errors.append(str(e))
+    if any(s.model for s in summaries):
+        push_data(project)
     text = summarize(project, summaries)
     create_markdown_artifact(markdown=text, key="bigdeep-summary", description="bigdeep pipeline summary")
     print(text)
@@ -180,6 +207,19 @@ def pipeline(project_dir: str = ".", datasets: list[str] | None = None) -> list[
     if errors:
         raise StageFailed("\n".join(errors))
     return [asdict(s) for s in summaries]
+
+
+def serve(project_dir: str, cron: str, datasets: list[str], name: str = "scheduled") -> None:
+    """Serve the flow as a deployment on the Prefect server (blocks, like a worker).
+
+    global_limit=1: two runs never interleave; a second waits until the first is done.
+    """
+    pipeline.serve(
+        name=name,
+        cron=cron,
+        parameters={"project_dir": project_dir, "datasets": datasets},
+        global_limit=1,
+    )
 
 
 def _word(run: StageRun) -> str:

@@ -7,6 +7,9 @@
     bigdeep train cnn --data data/processed/images --out models/cnn --metrics metrics/cnn.json
     bigdeep run            # the whole pipeline as a Prefect flow, through DVC
     bigdeep ui             # the MLflow UI on 127.0.0.1
+    bigdeep servers up     # Prefect + MLflow servers (SQLite, or --postgres URL)
+    bigdeep schedule --cron "0 3 * * *"
+    bigdeep lineage bigdeep-cnn@champion ; bigdeep restore bigdeep-cnn@champion
 
 Paths come from dvc.yaml (the stage's cmd); parameters from params.yaml. Exit status:
 0 done, 1 failed, 2 bad config or usage, 3 the quality gate failed.
@@ -97,12 +100,94 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    _use_servers(Path(args.project) / ".bigdeep" / "servers")
     # flows/ sits beside src/ in the checkout bigdeep is installed from (editable install).
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     from flows.pipeline import pipeline
 
     state = pipeline(project_dir=str(Path(args.project).resolve()), return_state=True)
     return 0 if state.is_completed() else EXIT_FAILED
+
+
+def _use_servers(state_dir: Path) -> None:
+    """When `bigdeep servers up` ran here, log through those servers (unless told otherwise)."""
+    from bigdeep.servers import client_env
+
+    for key, value in client_env(state_dir).items():
+        os.environ.setdefault(key, value)
+
+
+def cmd_servers(args: argparse.Namespace) -> int:
+    from bigdeep import servers
+
+    state = Path(args.state)
+    if args.action == "up":
+        started = servers.up(state, postgres=args.postgres or os.environ.get("BIGDEEP_POSTGRES_URL"),
+                             prefect_port=args.prefect_port, mlflow_port=args.mlflow_port)
+        for s in started.values():
+            print(f"{s.name:<8} {s.url}  pid {s.pid}  backend {s.backend}  log {s.log}")
+        print(f"export MLFLOW_TRACKING_URI={started['mlflow'].url} PREFECT_API_URL={started['prefect'].url}")
+    elif args.action == "down":
+        print("stopped: " + (", ".join(servers.down(state)) or "nothing was running"))
+    else:
+        st = servers.status(state)
+        if not st:
+            print("no servers recorded in " + str(state))
+            return 1
+        for name, info in st.items():
+            print(f"{name:<8} {info['url']}  pid {info['pid']}  {'up' if info['healthy'] else 'DOWN'}")
+        return 0 if all(i["healthy"] for i in st.values()) else 1
+    return 0
+
+
+def cmd_lineage(args: argparse.Namespace) -> int:
+    import json
+
+    from mlflow.tracking import MlflowClient
+
+    from bigdeep.registry import lineage
+    from bigdeep.tracking import tracking_uri
+
+    _use_servers(Path(".bigdeep/servers"))
+    client = MlflowClient(tracking_uri(_settings(args).mlflow))
+    print(json.dumps(lineage(client, args.ref), indent=2, sort_keys=True))
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    import subprocess
+
+    from mlflow.tracking import MlflowClient
+
+    from bigdeep.registry import lineage, restore_dir
+    from bigdeep.tracking import tracking_uri
+
+    _use_servers(Path(".bigdeep/servers"))
+    info = lineage(MlflowClient(tracking_uri(_settings(args).mlflow)), args.ref)
+    remotes = subprocess.run([sys.executable, "-m", "dvc", "remote", "list"], capture_output=True, text=True).stdout
+    stores = [Path(".dvc/cache")] + [Path(line.split()[1]) for line in remotes.splitlines() if line.strip()]
+    for key, md5 in info["data"].items():
+        dataset, _, field = key.partition(".")
+        if field != "md5":
+            continue
+        if md5.startswith("unversioned:"):
+            raise FileNotFoundError(f"{args.ref}: its {dataset} data was not versioned by DVC ({md5})")
+        dest = Path(info["data"][f"{dataset}.path"])
+        restore_dir(md5, dest, stores)
+        print(f"restored {dataset} {md5} -> {dest}")
+    return 0
+
+
+def cmd_schedule(args: argparse.Namespace) -> int:
+    _use_servers(Path(args.project) / ".bigdeep" / "servers")
+    if not os.environ.get("PREFECT_API_URL"):
+        print("bigdeep schedule: no Prefect server: run `bigdeep servers up` or set PREFECT_API_URL", file=sys.stderr)
+        return EXIT_FAILED
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    from flows.pipeline import serve
+
+    serve(project_dir=str(Path(args.project).resolve()), cron=args.cron, datasets=args.datasets, name=args.name)
+    return 0
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
@@ -160,6 +245,29 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--project", default=".", help="project folder holding dvc.yaml and params.yaml")
     s.set_defaults(func=cmd_run)
 
+    s = sub.add_parser("servers", help="Prefect + MLflow servers on 127.0.0.1: up | down | status")
+    s.add_argument("action", choices=["up", "down", "status"])
+    s.add_argument("--state", default=".bigdeep/servers", help="folder for PIDs, logs and SQLite files")
+    s.add_argument("--postgres", help="PostgreSQL URL for both servers' state (or BIGDEEP_POSTGRES_URL)")
+    s.add_argument("--prefect-port", type=int, default=4200)
+    s.add_argument("--mlflow-port", type=int, default=5000)
+    s.set_defaults(func=cmd_servers)
+
+    s = sub.add_parser("schedule", help="serve the flow as a cron deployment on the Prefect server")
+    s.add_argument("--cron", default="0 3 * * *")
+    s.add_argument("--datasets", nargs="+", choices=["images", "series"], default=["images", "series"])
+    s.add_argument("--name", default="scheduled")
+    s.add_argument("--project", default=".")
+    s.set_defaults(func=cmd_schedule)
+
+    s = sub.add_parser("lineage", help="print the data, code and params behind a registered model")
+    s.add_argument("ref", help="<model>@<alias|version>, e.g. bigdeep-cnn@champion")
+    s.set_defaults(func=cmd_lineage)
+
+    s = sub.add_parser("restore", help="bring back the exact raw data of a registered model")
+    s.add_argument("ref", help="<model>@<alias|version>")
+    s.set_defaults(func=cmd_restore)
+
     s = sub.add_parser("ui", help="start the MLflow UI")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=5000)
@@ -174,14 +282,17 @@ def main(argv: list[str] | None = None) -> int:
     from bigdeep.config import ConfigError
     from bigdeep.data.sources import SourceError
     from bigdeep.prepare import PrepareError
+    from bigdeep.servers import ServerError
     from bigdeep.tracking import TrackingError
+
+    from lightning_fabric.utilities.exceptions import MisconfigurationException
 
     try:
         return args.func(args)
-    except ConfigError as e:
+    except (ConfigError, MisconfigurationException) as e:
         print(f"bigdeep {args.command}: config error: {e}", file=sys.stderr)
         return EXIT_CONFIG
-    except (SourceError, PrepareError, TrackingError, FileNotFoundError) as e:
+    except (SourceError, PrepareError, TrackingError, ServerError, FileNotFoundError) as e:
         print(f"bigdeep {args.command}: error: {e}", file=sys.stderr)
         return EXIT_FAILED
 

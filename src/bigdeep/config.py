@@ -64,21 +64,65 @@ class DataSettings(Strict):
 
 class ImageQuality(Strict):
     classes: list[str] = [str(d) for d in range(10)]
+    # volume
     min_rows: int = Field(10, ge=1)
     max_rows: int = Field(50_000_000, ge=1)
     min_per_class: int = Field(1, ge=0)
+    max_drop_pct: float = Field(25.0, ge=0, le=100)  # fewer records than the last accepted version
+    # variety
     height: int = Field(28, ge=1)
     width: int = Field(28, ge=1)
-    mode: str = "L"  # PIL mode: L = 8-bit grey
+    mode: str = "L"  # PIL mode: L = 8-bit grey; channels and bit depth follow from it
+    max_imbalance_ratio: float = Field(10.0, ge=1)  # largest class / smallest class
+    max_drift_js: float = Field(0.1, ge=0, le=1)  # Jensen-Shannon (base 2) on pixel statistics
+    max_drift_linf: float = Field(0.1, ge=0, le=1)  # L-infinity on label frequencies
+    # validity / hardening
     max_pixels: int = Field(2**24, ge=1)  # larger declared sizes are refused before decoding
     max_quarantine_fraction: float = Field(0.01, ge=0, le=1)
 
+    @field_validator("mode")
+    @classmethod
+    def _known_mode(cls, v: str) -> str:
+        from PIL import ImageMode
+
+        try:
+            ImageMode.getmode(v)
+        except KeyError:
+            raise ValueError(f"{v!r} is not a PIL image mode (e.g. L, RGB, RGBA, I;16)") from None
+        return v
+
 
 class SeriesQuality(Strict):
+    # volume
     min_rows: int = Field(10, ge=1)
     max_rows: int = Field(500_000_000, ge=1)
+    max_drop_pct: float = Field(25.0, ge=0, le=100)  # fewer rows than the last accepted version
+    # variety
+    allow_extra_columns: bool = True  # source columns besides timestamp, target and features
+    max_drift_js: float = Field(0.1, ge=0, le=1)  # Jensen-Shannon (base 2) on numeric columns
+    max_drift_linf: float = Field(0.1, ge=0, le=1)  # L-infinity on categorical frequencies
+    # validity
+    freq: str | None = None  # expected step (pandas Timedelta, e.g. 30min); null: the most common
+    # velocity
+    max_gap: str | None = "1h"  # longest step between rows; null: one step of freq
+    max_age: str | None = None  # newest row at most this old (e.g. 2d); null: not checked
     # A hole in a series cannot be windowed without imputation, so by default any bad row fails.
     max_quarantine_fraction: float = Field(0.0, ge=0, le=1)
+
+    @field_validator("freq", "max_gap", "max_age")
+    @classmethod
+    def _duration(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        import pandas as pd
+
+        try:
+            step = pd.Timedelta(v)
+        except ValueError:
+            raise ValueError(f"{v!r} is not a duration (e.g. 30min, 1h, 2d)") from None
+        if step <= pd.Timedelta(0):
+            raise ValueError(f"{v!r} must be longer than zero")
+        return v
 
 
 class QualitySettings(Strict):
@@ -152,6 +196,12 @@ class MlflowSettings(Strict):
     experiment: str = "bigdeep"
 
 
+class RegistrySettings(Strict):
+    prefix: str = "bigdeep"  # registered models are <prefix>-cnn and <prefix>-rnn
+    cnn_margin: float = Field(0.0, ge=0)  # test accuracy a new CNN must gain over the champion
+    rnn_margin: float = Field(0.0, ge=0)  # test MAE a new RNN must cut below the champion's
+
+
 class Settings(Strict):
     seed: int = 42
     data: DataSettings = DataSettings()
@@ -159,6 +209,7 @@ class Settings(Strict):
     prepare: PrepareSettings = PrepareSettings()
     train: TrainSettings = TrainSettings()
     mlflow: MlflowSettings = MlflowSettings()
+    registry: RegistrySettings = RegistrySettings()
 
 
 class ConfigError(ValueError):

@@ -25,6 +25,25 @@ def tracking_uri(cfg: MlflowSettings) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking_uri
 
 
+def check_reachable(cfg: MlflowSettings, timeout: float = 5.0) -> str:
+    """Fail fast, before any work, when the tracking server does not answer; returns the URI."""
+    import urllib.error
+    import urllib.request
+
+    uri = tracking_uri(cfg)
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as resp:
+                if resp.status != 200:
+                    raise TrackingError(f"MLflow tracking server {uri} answered {resp.status} on /health")
+        except (urllib.error.URLError, OSError) as e:
+            raise TrackingError(
+                f"MLflow tracking server {uri} is not reachable ({e}); start it with "
+                f"`bigdeep servers up` or unset MLFLOW_TRACKING_URI"
+            ) from None
+    return uri
+
+
 def ensure_experiment(cfg: MlflowSettings):
     """Point MLflow at the store and return (client, experiment id); fail fast naming the URI."""
     import mlflow

@@ -22,12 +22,8 @@ import pytorch_lightning as pl
 import torch
 
 from bigdeep.config import Settings, Trainer
-from bigdeep.tracking import (
-    data_version,
-    git_state,
-    log_data_input,
-    start_run,
-)
+from bigdeep.registry import Decision, image_accuracy_scorer, params_hash, register_and_promote, series_mae_scorer
+from bigdeep.tracking import DataVersion, check_reachable, data_version, git_state, log_data_input, start_run
 
 # Installed into the model's environment by whoever serves it; pinned like ours.
 MODEL_REQUIREMENTS = [f"torch=={torch.__version__.split('+')[0]}", "numpy", "mlflow"]
@@ -129,6 +125,16 @@ def plot_history(rows: list[dict[str, float]], path: Path, title: str) -> None:
 # --- the two stages --------------------------------------------------------------------------
 
 
+def run_tags(settings: Settings, model: str, version: DataVersion) -> dict[str, str]:
+    """Lineage: which data (DVC md5s), code (git) and params (hash) a run came from."""
+    return {
+        "bigdeep.model": model,
+        "bigdeep.params_hash": params_hash(settings.model_dump()),
+        **version.tags(),
+        **git_state(),
+    }
+
+
 def _common_params(settings: Settings) -> dict[str, Any]:
     t = settings.train.trainer
     return {
@@ -154,6 +160,7 @@ def _finish(
     report_path: Path | None,
     version: str,
     model_uri: str,
+    decision: Decision,
 ) -> TrainResult:
     import mlflow
 
@@ -167,7 +174,8 @@ def _finish(
     result = TrainResult(name, run.info.run_id, metrics, version)
     metrics_path.parent.mkdir(parents=True, exist_ok=True)
     metrics_path.write_text(
-        json.dumps({**metrics, "run_id": run.info.run_id, "model_uri": model_uri, "data_version": version}, indent=2, sort_keys=True) + "\n"
+        json.dumps({**metrics, "run_id": run.info.run_id, "model_uri": model_uri, "data_version": version,
+                    "registry": {"model": decision.model, "version": decision.version, "alias": decision.alias, "reason": decision.reason}}, indent=2, sort_keys=True) + "\n"
     )
     (out_dir / "run_id").write_text(run.info.run_id + "\n")
     return result
@@ -187,6 +195,7 @@ def train_cnn(
     from bigdeep.data.modules import ImageDataModule
     from bigdeep.models.cnn import ImageClassifier
 
+    check_reachable(settings.mlflow)  # fail now, not after training
     cfg, tcfg = settings.train.cnn, settings.train.trainer
     configure_torch(tcfg, settings.seed)
     dm = ImageDataModule(data_dir, batch_size=cfg.batch_size, num_workers=tcfg.num_workers, seed=settings.seed)
@@ -196,7 +205,7 @@ def train_cnn(
     )
     version = data_version(lock_path, data_dir, raw_name="images")
     out_dir.mkdir(parents=True, exist_ok=True)
-    with start_run(settings.mlflow, run_name="train_cnn", tags={"bigdeep.model": "cnn", **version.tags(), **git_state()}) as (run, client):
+    with start_run(settings.mlflow, run_name="train_cnn", tags=run_tags(settings, "cnn", version)) as (run, client):
         mlflow.log_params({**_common_params(settings), **{f"cnn.{k}": v for k, v in cfg.model_dump().items()}})
         log_data_input(version, name="images", context="training")
         history = EpochHistory(client, run.info.run_id, ("train_loss", "train_acc", "val_loss", "val_acc"))
@@ -206,10 +215,16 @@ def train_cnn(
         metrics = {"test_loss": float(tested["test_loss"]), "test_acc": float(tested["test_acc"])}
         torch.save(model.state_dict(), out_dir / "model.pt")
         model_uri = log_model(model.predict_proba_module(), example=_image_example(dm), name="model")
+        decision = register_and_promote(
+            client=client, name=f"{settings.registry.prefix}-cnn", run_id=run.info.run_id,
+            model_uri=model_uri, score=image_accuracy_scorer(data_dir), metric="test_acc",
+            higher_is_better=True, margin=settings.registry.cnn_margin,
+            data_version=version.processed_md5, tags=client.get_run(run.info.run_id).data.tags,
+        )
         return _finish(
             name="cnn", run=run, client=client, history=history, metrics=metrics, out_dir=out_dir,
             plots_dir=plots_dir, metrics_path=metrics_path, report_path=report_path, version=version.raw_md5,
-            model_uri=model_uri,
+            model_uri=model_uri, decision=decision,
         )
 
 
@@ -232,6 +247,7 @@ def train_rnn(
     from bigdeep.data.modules import SeriesDataModule
     from bigdeep.models.rnn import SeriesForecaster
 
+    check_reachable(settings.mlflow)  # fail now, not after training
     cfg, tcfg = settings.train.rnn, settings.train.trainer
     configure_torch(tcfg, settings.seed)
     dm = SeriesDataModule(
@@ -245,7 +261,7 @@ def train_rnn(
     )
     version = data_version(lock_path, data_dir, raw_name="series")
     out_dir.mkdir(parents=True, exist_ok=True)
-    with start_run(settings.mlflow, run_name="train_rnn", tags={"bigdeep.model": "rnn", **version.tags(), **git_state()}) as (run, client):
+    with start_run(settings.mlflow, run_name="train_rnn", tags=run_tags(settings, "rnn", version)) as (run, client):
         mlflow.log_params({**_common_params(settings), **{f"rnn.{k}": v for k, v in cfg.model_dump().items()}})
         log_data_input(version, name="series", context="training")
         history = EpochHistory(client, run.info.run_id, ("train_loss", "train_mae", "val_loss", "val_mae"))
@@ -255,10 +271,16 @@ def train_rnn(
         metrics = {"test_loss": float(tested["test_loss"]), **forecast_metrics(model, dm, cfg.seasonal_period)}
         torch.save(model.state_dict(), out_dir / "model.pt")
         model_uri = log_model(model.export_module(), example=_series_example(dm), name="model")
+        decision = register_and_promote(
+            client=client, name=f"{settings.registry.prefix}-rnn", run_id=run.info.run_id,
+            model_uri=model_uri, score=series_mae_scorer(dm), metric="test_mae",
+            higher_is_better=False, margin=settings.registry.rnn_margin,
+            data_version=version.processed_md5, tags=client.get_run(run.info.run_id).data.tags,
+        )
         return _finish(
             name="rnn", run=run, client=client, history=history, metrics=metrics, out_dir=out_dir,
             plots_dir=plots_dir, metrics_path=metrics_path, report_path=report_path, version=version.raw_md5,
-            model_uri=model_uri,
+            model_uri=model_uri, decision=decision,
         )
 
 

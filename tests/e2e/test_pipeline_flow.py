@@ -14,18 +14,9 @@ import pytest
 import yaml
 from PIL import Image
 
-from tests.e2e.conftest import run
+from tests.e2e.helpers import lock_md5, run
 
 pytestmark = pytest.mark.e2e
-
-
-def lock_md5(project: Path, out: str) -> str:
-    lock = yaml.safe_load((project / "dvc.lock").read_text())
-    for stage in lock["stages"].values():
-        for o in stage.get("outs", []):
-            if o["path"] == out:
-                return o["md5"]
-    raise AssertionError(f"{out} not in dvc.lock")
 
 
 def test_flow_trains_logs_and_skips_when_nothing_changed(project_factory, mlflow_uri):
@@ -139,3 +130,16 @@ def test_gate_failure_stops_the_flow_and_names_the_bad_records(project_factory, 
     assert exp is None or client.search_runs([exp.experiment_id]) == []
     assert client.search_registered_models() == []
     assert _tree_digest(tmp_path / "source") == before
+
+
+def test_flow_fails_fast_naming_the_uri_when_the_tracking_server_is_down(project_factory, monkeypatch):
+    from bigdeep.servers import free_port
+    from flows.pipeline import pipeline
+
+    project = project_factory(name="no_server")
+    uri = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    state = pipeline(project_dir=str(project), return_state=True)
+    assert state.is_failed()
+    assert uri in state.message
+    assert not (project / "data" / "raw").exists()  # failed before any stage ran
