@@ -15,7 +15,7 @@ export MPLBACKEND := Agg
 # Prefect's state (ephemeral server database, logs) stays in the project.
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 
-.PHONY: setup run test lint format ui bench clean
+.PHONY: setup browser run test lint format ui bench clean
 
 setup: $(VENV)/.installed
 
@@ -32,8 +32,15 @@ run: setup
 	@test -d .dvc || $(BIN)/dvc init -q
 	$(BIN)/bigdeep run
 
-test: setup
+test: setup browser
 	$(BIN)/python -m pytest -q
+
+# The browser test drives Debian's Chromium (never a downloaded browser).
+browser:
+	@command -v chromium >/dev/null || { \
+	  echo "installing Debian's chromium for the browser test"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends chromium; }
 
 lint: setup
 	$(BIN)/ruff check src flows tests

@@ -52,6 +52,7 @@ class DatasetSummary:
     version: str | None = None
     model: str | None = None
     metrics: dict = field(default_factory=dict)
+    run: dict = field(default_factory=dict)  # MLflow run id, model URI, registry decision
     stages: dict[str, str] = field(default_factory=dict)
 
 
@@ -157,8 +158,8 @@ def summarize(project_dir: str, summaries: list[DatasetSummary]) -> str:
             lines.append(f"- failure: {failure}")
         if s.model:
             shown = ", ".join(f"{k} {v:.4g}" for k, v in sorted(s.metrics.items()) if isinstance(v, float))
-            lines.append(f"- model {s.model}: {shown}; MLflow run {s.metrics.get('run_id', '-')}")
-            reg = s.metrics.get("registry") or {}
+            lines.append(f"- model {s.model}: {shown}; MLflow run {s.run.get('run_id', '-')}")
+            reg = s.run.get("registry") or {}
             if reg:
                 lines.append(f"- registry: {reg['model']} v{reg['version']} is {reg['alias']} ({reg['reason']})")
         lines.append("- stages: " + ", ".join(f"{k} {v}" for k, v in s.stages.items()))
@@ -195,6 +196,7 @@ def pipeline(project_dir: str = ".", datasets: list[str] | None = None) -> list[
                     raise StageFailed(f"{stage} failed:\n{result.output[-2000:]}")
             s.model = model
             s.metrics = json.loads((Path(project) / "metrics" / f"{model}.json").read_text())
+            s.run = json.loads((Path(project) / "models" / model / "run.json").read_text())
         except StageFailed as e:
             errors.append(str(e))
     if any(s.model for s in summaries):

@@ -155,8 +155,6 @@ def cmd_lineage(args: argparse.Namespace) -> int:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
-    import subprocess
-
     from mlflow.tracking import MlflowClient
 
     from bigdeep.registry import lineage, restore_dir
@@ -164,8 +162,11 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
     _use_servers(Path(".bigdeep/servers"))
     info = lineage(MlflowClient(tracking_uri(_settings(args).mlflow)), args.ref)
-    remotes = subprocess.run([sys.executable, "-m", "dvc", "remote", "list"], capture_output=True, text=True).stdout
-    stores = [Path(".dvc/cache")] + [Path(line.split()[1]) for line in remotes.splitlines() if line.strip()]
+    from dvc.repo import Repo
+
+    with Repo(".") as repo:  # the workspace cache first, then every local remote
+        stores = [Path(repo.cache.local.path).parents[1]]
+        stores += [Path(r["url"]) for r in repo.config["remote"].values() if "://" not in r["url"]]
     for key, md5 in info["data"].items():
         dataset, _, field = key.partition(".")
         if field != "md5":

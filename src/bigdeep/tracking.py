@@ -58,7 +58,11 @@ def ensure_experiment(cfg: MlflowSettings):
             # Artifacts next to the project (git-ignored), not wherever the process started.
             remote = uri.startswith(("http://", "https://", "databricks"))
             location = None if remote else Path(cfg.artifact_root).resolve().as_uri()
-            exp_id = client.create_experiment(cfg.experiment, artifact_location=location)
+            # "custom_model_development": the UI opens on the runs table, not the GenAI views
+            exp_id = client.create_experiment(
+                cfg.experiment, artifact_location=location,
+                tags={"mlflow.experimentKind": "custom_model_development"},
+            )
         else:
             exp_id = exp.experiment_id
     except Exception as e:  # noqa: BLE001 - any failure here means "the store is unusable"

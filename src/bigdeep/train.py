@@ -13,13 +13,14 @@ from __future__ import annotations
 import csv
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.loggers import Logger
 
 from bigdeep.config import Settings, Trainer
 from bigdeep.registry import Decision, image_accuracy_scorer, params_hash, register_and_promote, series_mae_scorer
@@ -48,20 +49,49 @@ def log_metrics(client, run_id: str, values: dict[str, float], step: int) -> Non
     client.log_batch(run_id, metrics=[Metric(k, v, ts, step) for k, v in values.items()])
 
 
-class EpochHistory(pl.Callback):
-    """Collects the epoch-level metrics and sends them to MLflow in one call per epoch."""
+class EpochHistory(Logger):
+    """A Lightning logger that sends each epoch's metrics to MLflow in one request.
+
+    Lightning hands a logger the epoch-level values after it has reduced them (a callback's
+    on_train_epoch_end runs before the train metrics are reduced, so it would see the
+    previous epoch's). Values arrive in several calls per epoch (train, then validation):
+    they are buffered and flushed when the epoch changes and at the end.
+    """
 
     def __init__(self, mlflow_client, run_id: str, keys: tuple[str, ...]) -> None:
+        super().__init__()
         self.client, self.run_id, self.keys = mlflow_client, run_id, keys
         self.rows: list[dict[str, float]] = []
+        self._pending: dict[str, float] = {}
+        self._epoch: int | None = None
 
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking:
+    @property
+    def name(self) -> str:
+        return "bigdeep-mlflow"
+
+    @property
+    def version(self) -> str:
+        return self.run_id
+
+    def log_hyperparams(self, params, *args, **kwargs) -> None:
+        pass  # params are logged once by the stage, from the validated settings
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        epoch = int(metrics.get("epoch", self._epoch or 0))
+        if self._epoch is not None and epoch != self._epoch:
+            self._flush()
+        self._epoch = epoch
+        self._pending.update({k: float(v) for k, v in metrics.items() if k in self.keys})
+
+    def finalize(self, status: str) -> None:
+        self._flush()
+
+    def _flush(self) -> None:
+        if self._epoch is None or not self._pending:
             return
-        values = {k: float(v) for k, v in trainer.callback_metrics.items() if k in self.keys}
-        epoch = trainer.current_epoch
-        self.rows.append({"epoch": epoch, **values})
-        log_metrics(self.client, self.run_id, values, step=epoch)
+        self.rows.append({"epoch": self._epoch, **self._pending})
+        log_metrics(self.client, self.run_id, self._pending, step=self._epoch)
+        self._pending = {}
 
 
 def configure_torch(cfg: Trainer, seed: int) -> None:
@@ -78,7 +108,7 @@ def precision_for(cfg: Trainer) -> str:
     return "32-true"
 
 
-def make_trainer(cfg: Trainer, epochs: int, callbacks: list[pl.Callback], out_dir: Path) -> pl.Trainer:
+def make_trainer(cfg: Trainer, epochs: int, history: EpochHistory, out_dir: Path) -> pl.Trainer:
     return pl.Trainer(
         max_epochs=epochs,
         accelerator=cfg.accelerator,
@@ -87,8 +117,8 @@ def make_trainer(cfg: Trainer, epochs: int, callbacks: list[pl.Callback], out_di
         precision=precision_for(cfg),
         deterministic=cfg.deterministic,
         limit_train_batches=cfg.limit_train_batches,
-        callbacks=callbacks,
-        logger=False,
+        logger=history,
+        log_every_n_steps=1_000_000,  # step-level values are never logged: epochs only
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -173,11 +203,15 @@ def _finish(
         mlflow.log_artifact(str(report_path), artifact_path="quality")
     result = TrainResult(name, run.info.run_id, metrics, version)
     metrics_path.parent.mkdir(parents=True, exist_ok=True)
-    metrics_path.write_text(
-        json.dumps({**metrics, "run_id": run.info.run_id, "model_uri": model_uri, "data_version": version,
-                    "registry": {"model": decision.model, "version": decision.version, "alias": decision.alias, "reason": decision.reason}}, indent=2, sort_keys=True) + "\n"
-    )
-    (out_dir / "run_id").write_text(run.info.run_id + "\n")
+    # the DVC metric holds numbers only; where they came from sits beside the model
+    metrics_path.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    run_info = {
+        "run_id": run.info.run_id,
+        "model_uri": model_uri,
+        "data_version": version,
+        "registry": asdict(decision),
+    }
+    (out_dir / "run.json").write_text(json.dumps(run_info, indent=2, sort_keys=True) + "\n")
     return result
 
 
@@ -209,7 +243,7 @@ def train_cnn(
         mlflow.log_params({**_common_params(settings), **{f"cnn.{k}": v for k, v in cfg.model_dump().items()}})
         log_data_input(version, name="images", context="training")
         history = EpochHistory(client, run.info.run_id, ("train_loss", "train_acc", "val_loss", "val_acc"))
-        trainer = make_trainer(tcfg, cfg.epochs, [history], out_dir)
+        trainer = make_trainer(tcfg, cfg.epochs, history, out_dir)
         trainer.fit(model, datamodule=dm)
         tested = trainer.test(model, datamodule=dm, verbose=False)[0]
         metrics = {"test_loss": float(tested["test_loss"]), "test_acc": float(tested["test_acc"])}
@@ -265,7 +299,7 @@ def train_rnn(
         mlflow.log_params({**_common_params(settings), **{f"rnn.{k}": v for k, v in cfg.model_dump().items()}})
         log_data_input(version, name="series", context="training")
         history = EpochHistory(client, run.info.run_id, ("train_loss", "train_mae", "val_loss", "val_mae"))
-        trainer = make_trainer(tcfg, cfg.epochs, [history], out_dir)
+        trainer = make_trainer(tcfg, cfg.epochs, history, out_dir)
         trainer.fit(model, datamodule=dm)
         tested = trainer.test(model, datamodule=dm, verbose=False)[0]
         metrics = {"test_loss": float(tested["test_loss"]), **forecast_metrics(model, dm, cfg.seasonal_period)}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from tests.e2e.helpers import lock_md5, run
 pytestmark = pytest.mark.e2e
 
 
-def test_flow_trains_logs_and_skips_when_nothing_changed(project_factory, mlflow_uri):
+def test_flow_trains_logs_skips_and_restores(project_factory, mlflow_uri, monkeypatch, capsys):
     import mlflow
     from mlflow.tracking import MlflowClient
 
@@ -68,6 +69,30 @@ def test_flow_trains_logs_and_skips_when_nothing_changed(project_factory, mlflow
     for dataset in ("images", "series"):
         assert set(second[dataset]["stages"].values()) == {"skipped"}, second[dataset]["stages"]
     assert len(client.search_runs([exp.experiment_id])) == 2
+
+    # new data arrives: the pipeline runs again; then restore the first champion's exact data
+    # from the DVC remote the flow pushed to (the local cache is removed to prove it)
+    first_md5 = client.get_model_version("bigdeep-cnn", "1")
+    first_md5 = client.get_run(first_md5.run_id).data.tags["bigdeep.data.images.md5"]
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["data"]["images"]["per_class"] = 15
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    state = pipeline(project_dir=str(project), return_state=True, datasets=["images"])
+    assert state.is_completed(), state.message
+    assert lock_md5(project, "data/raw/images") != first_md5
+    assert len(client.search_model_versions("name='bigdeep-cnn'")) == 2
+
+    from bigdeep.cli import main
+    from bigdeep.registry import dvc_dir_md5
+
+    shutil.rmtree(project / ".dvc" / "cache")
+    monkeypatch.chdir(project)
+    assert main(["restore", "bigdeep-cnn@1"]) == 0
+    assert dvc_dir_md5(project / "data/raw/images") == first_md5
+    assert main(["lineage", "bigdeep-cnn@champion"]) == 0
+    shown = json.loads(capsys.readouterr().out.split("\n", 1)[1])  # after "restored ..." line
+    assert shown["data"]["images.md5"] in {first_md5, lock_md5(project, "data/raw/images")}
+    assert shown["git_commit"] == run(["git", "rev-parse", "HEAD"], project).strip()
 
 
 def _png(pixels: np.ndarray) -> bytes:

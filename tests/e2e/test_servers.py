@@ -129,6 +129,15 @@ def test_scheduled_deployment_registers_champion_with_lineage(servers, tmp_path)
         challenger_run = client.get_run(vs[-1].run_id)
         assert challenger_run.data.metrics["registry.candidate_score"] <= challenger_run.data.metrics["registry.champion_score"]
 
+        if servers["mlflow"].backend.startswith("sqlite"):
+            # what a person sees: the experiment, the run's metric chart, the champion alias
+            from tests.e2e.browser import check_mlflow_ui
+
+            exp = client.get_experiment_by_name("bigdeep")
+            seen = check_mlflow_ui(servers["mlflow"].url, exp.experiment_id, "train_cnn", "bigdeep-cnn", tmp_path)
+            assert seen["run"].endswith("/model-metrics")
+            assert seen["alias"].replace("\xa0", " ") == "@ champion"
+
         if servers["mlflow"].backend.startswith("postgresql"):
             # two runs at once: the deployment's limit serializes them; one trains, one skips
             params["train"]["cnn"]["epochs"] = 2
