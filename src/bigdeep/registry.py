@@ -75,7 +75,7 @@ def register_and_promote(
     if current is None:
         alias, reason = CHAMPION, "first model: no champion yet"
     else:
-        champion_version = current.version
+        champion_version = str(current.version)
         try:
             champion_score = score(f"models:/{name}/{current.version}")
         except Exception as e:  # noqa: BLE001 - an unscorable champion (other shapes) is replaced
