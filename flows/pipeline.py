@@ -114,8 +114,12 @@ def scan(project_dir: str, dataset: str) -> bool:
 
     project = Path(project_dir)
     source = getattr(load_settings(project / "params.yaml").data, dataset).source
-    changed = write_fingerprint(source, project / "data" / "sources" / f"{dataset}.json", root=project)
-    get_run_logger().info("%s: source %s %s", dataset, source, "changed" if changed else "unchanged")
+    changed = write_fingerprint(
+        source, project / "data" / "sources" / f"{dataset}.json", root=project
+    )
+    get_run_logger().info(
+        "%s: source %s %s", dataset, source, "changed" if changed else "unchanged"
+    )
     return changed
 
 
@@ -157,11 +161,15 @@ def summarize(project_dir: str, summaries: list[DatasetSummary]) -> str:
         for failure in s.failures[:10]:
             lines.append(f"- failure: {failure}")
         if s.model:
-            shown = ", ".join(f"{k} {v:.4g}" for k, v in sorted(s.metrics.items()) if isinstance(v, float))
+            shown = ", ".join(
+                f"{k} {v:.4g}" for k, v in sorted(s.metrics.items()) if isinstance(v, float)
+            )
             lines.append(f"- model {s.model}: {shown}; MLflow run {s.run.get('run_id', '-')}")
             reg = s.run.get("registry") or {}
             if reg:
-                lines.append(f"- registry: {reg['model']} v{reg['version']} is {reg['alias']} ({reg['reason']})")
+                lines.append(
+                    f"- registry: {reg['model']} v{reg['version']} is {reg['alias']} ({reg['reason']})"
+                )
         lines.append("- stages: " + ", ".join(f"{k} {v}" for k, v in s.stages.items()))
         lines.append("")
     return "\n".join(lines)
@@ -189,7 +197,10 @@ def pipeline(project_dir: str = ".", datasets: list[str] | None = None) -> list[
                 failed_gates.append(dataset)
                 continue  # nothing is prepared, trained or registered on data that failed
             model = MODELS[dataset]
-            for stage, key in ((f"prepare@{dataset}", "prepare"), (f"train_{model}", f"train_{model}")):
+            for stage, key in (
+                (f"prepare@{dataset}", "prepare"),
+                (f"train_{model}", f"train_{model}"),
+            ):
                 result = reproduce(project, stage)
                 s.stages[key] = _word(result)
                 if result.returncode != 0:
@@ -202,7 +213,9 @@ def pipeline(project_dir: str = ".", datasets: list[str] | None = None) -> list[
     if any(s.model for s in summaries):
         push_data(project)
     text = summarize(project, summaries)
-    create_markdown_artifact(markdown=text, key="bigdeep-summary", description="bigdeep pipeline summary")
+    create_markdown_artifact(
+        markdown=text, key="bigdeep-summary", description="bigdeep pipeline summary"
+    )
     print(text)
     if failed_gates:
         raise GateFailed(f"quality gate failed for {', '.join(failed_gates)}: see reports/quality/")

@@ -60,7 +60,9 @@ def cmd_scan(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     from bigdeep.validate import validate
 
-    result = validate(args.dataset, _settings(args), Path(args.raw), Path(args.report), Path(args.quarantine))
+    result = validate(
+        args.dataset, _settings(args), Path(args.raw), Path(args.report), Path(args.quarantine)
+    )
     report = result.report
     print(
         f"validate {args.dataset}: {'PASSED' if result.passed else 'FAILED'} "
@@ -79,10 +81,17 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     s = _settings(args)
     if args.dataset == "images":
         counts = prepare_images(
-            Path(args.raw), Path(args.quarantine), Path(args.out), s.prepare.images, s.quality.images.classes, s.seed
+            Path(args.raw),
+            Path(args.quarantine),
+            Path(args.out),
+            s.prepare.images,
+            s.quality.images.classes,
+            s.seed,
         )
     else:
-        counts = prepare_series(Path(args.raw), Path(args.quarantine), Path(args.out), s.data.series, s.prepare.series)
+        counts = prepare_series(
+            Path(args.raw), Path(args.quarantine), Path(args.out), s.data.series, s.prepare.series
+        )
     print(f"prepare {args.dataset}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
     return 0
 
@@ -93,7 +102,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     fit = {"cnn": train_cnn, "rnn": train_rnn}[args.model]
     report = Path(args.report) if args.report else None
     plots = Path(args.plots or f"reports/train/{args.model}")
-    result = fit(_settings(args), Path(args.data), Path(args.out), Path(args.metrics), plots, report)
+    result = fit(
+        _settings(args), Path(args.data), Path(args.out), Path(args.metrics), plots, report
+    )
     shown = ", ".join(f"{k}={v:.4g}" for k, v in sorted(result.metrics.items()))
     print(f"train {args.model}: {shown} (MLflow run {result.run_id})")
     return 0
@@ -122,11 +133,17 @@ def cmd_servers(args: argparse.Namespace) -> int:
 
     state = Path(args.state)
     if args.action == "up":
-        started = servers.up(state, postgres=args.postgres or os.environ.get("BIGDEEP_POSTGRES_URL"),
-                             prefect_port=args.prefect_port, mlflow_port=args.mlflow_port)
+        started = servers.up(
+            state,
+            postgres=args.postgres or os.environ.get("BIGDEEP_POSTGRES_URL"),
+            prefect_port=args.prefect_port,
+            mlflow_port=args.mlflow_port,
+        )
         for s in started.values():
             print(f"{s.name:<8} {s.url}  pid {s.pid}  backend {s.backend}  log {s.log}")
-        print(f"export MLFLOW_TRACKING_URI={started['mlflow'].url} PREFECT_API_URL={started['prefect'].url}")
+        print(
+            f"export MLFLOW_TRACKING_URI={started['mlflow'].url} PREFECT_API_URL={started['prefect'].url}"
+        )
     elif args.action == "down":
         print("stopped: " + (", ".join(servers.down(state)) or "nothing was running"))
     else:
@@ -135,7 +152,9 @@ def cmd_servers(args: argparse.Namespace) -> int:
             print("no servers recorded in " + str(state))
             return 1
         for name, info in st.items():
-            print(f"{name:<8} {info['url']}  pid {info['pid']}  {'up' if info['healthy'] else 'DOWN'}")
+            print(
+                f"{name:<8} {info['url']}  pid {info['pid']}  {'up' if info['healthy'] else 'DOWN'}"
+            )
         return 0 if all(i["healthy"] for i in st.values()) else 1
     return 0
 
@@ -172,7 +191,9 @@ def cmd_restore(args: argparse.Namespace) -> int:
         if field != "md5":
             continue
         if md5.startswith("unversioned:"):
-            raise FileNotFoundError(f"{args.ref}: its {dataset} data was not versioned by DVC ({md5})")
+            raise FileNotFoundError(
+                f"{args.ref}: its {dataset} data was not versioned by DVC ({md5})"
+            )
         dest = Path(info["data"][f"{dataset}.path"])
         restore_dir(md5, dest, stores)
         print(f"restored {dataset} {md5} -> {dest}")
@@ -182,12 +203,20 @@ def cmd_restore(args: argparse.Namespace) -> int:
 def cmd_schedule(args: argparse.Namespace) -> int:
     _use_servers(Path(args.project) / ".bigdeep" / "servers")
     if not os.environ.get("PREFECT_API_URL"):
-        print("bigdeep schedule: no Prefect server: run `bigdeep servers up` or set PREFECT_API_URL", file=sys.stderr)
+        print(
+            "bigdeep schedule: no Prefect server: run `bigdeep servers up` or set PREFECT_API_URL",
+            file=sys.stderr,
+        )
         return EXIT_FAILED
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     from flows.pipeline import serve
 
-    serve(project_dir=str(Path(args.project).resolve()), cron=args.cron, datasets=args.datasets, name=args.name)
+    serve(
+        project_dir=str(Path(args.project).resolve()),
+        cron=args.cron,
+        datasets=args.datasets,
+        name=args.name,
+    )
     return 0
 
 
@@ -199,8 +228,20 @@ def cmd_ui(args: argparse.Namespace) -> int:
     print(f"MLflow UI for {uri} at http://{args.host}:{args.port}  (Ctrl-C stops it)", flush=True)
     os.execvp(
         sys.executable,
-        [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
-         "--host", args.host, "--port", str(args.port), "--workers", "1"],
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "ui",
+            "--backend-store-uri",
+            uri,
+            "--host",
+            args.host,
+            "--port",
+            str(args.port),
+            "--workers",
+            "1",
+        ],
     )
 
 
@@ -248,15 +289,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("servers", help="Prefect + MLflow servers on 127.0.0.1: up | down | status")
     s.add_argument("action", choices=["up", "down", "status"])
-    s.add_argument("--state", default=".bigdeep/servers", help="folder for PIDs, logs and SQLite files")
-    s.add_argument("--postgres", help="PostgreSQL URL for both servers' state (or BIGDEEP_POSTGRES_URL)")
+    s.add_argument(
+        "--state", default=".bigdeep/servers", help="folder for PIDs, logs and SQLite files"
+    )
+    s.add_argument(
+        "--postgres", help="PostgreSQL URL for both servers' state (or BIGDEEP_POSTGRES_URL)"
+    )
     s.add_argument("--prefect-port", type=int, default=4200)
     s.add_argument("--mlflow-port", type=int, default=5000)
     s.set_defaults(func=cmd_servers)
 
     s = sub.add_parser("schedule", help="serve the flow as a cron deployment on the Prefect server")
     s.add_argument("--cron", default="0 3 * * *")
-    s.add_argument("--datasets", nargs="+", choices=["images", "series"], default=["images", "series"])
+    s.add_argument(
+        "--datasets", nargs="+", choices=["images", "series"], default=["images", "series"]
+    )
     s.add_argument("--name", default="scheduled")
     s.add_argument("--project", default=".")
     s.set_defaults(func=cmd_schedule)
@@ -280,13 +327,13 @@ def main(argv: list[str] | None = None) -> int:
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)
     args = build_parser().parse_args(argv)
+    from lightning_fabric.utilities.exceptions import MisconfigurationException
+
     from bigdeep.config import ConfigError
     from bigdeep.data.sources import SourceError
     from bigdeep.prepare import PrepareError
     from bigdeep.servers import ServerError
     from bigdeep.tracking import TrackingError
-
-    from lightning_fabric.utilities.exceptions import MisconfigurationException
 
     try:
         return args.func(args)

@@ -34,7 +34,9 @@ class ImageData(Strict):
 
 
 class SeriesData(Strict):
-    source: str = "builtin:vic_elec"  # builtin:vic_elec | csv:<file> | parquet:<file> | jsonl:<file>
+    source: str = (
+        "builtin:vic_elec"  # builtin:vic_elec | csv:<file> | parquet:<file> | jsonl:<file>
+    )
     timestamp: str = "Time"
     target: str = "Demand"
     features: list[str] = ["Temperature"]
@@ -221,7 +223,9 @@ def load_settings(path: str | Path = "params.yaml") -> Settings:
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
-        raise ConfigError(f"{path}: not found (run from the project root or pass --params)") from None
+        raise ConfigError(
+            f"{path}: not found (run from the project root or pass --params)"
+        ) from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(raw, dict):

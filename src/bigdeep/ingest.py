@@ -39,7 +39,9 @@ def ingest_series(settings: Settings, out_dir: Path, root: Path = Path(".")) -> 
     cfg = settings.data.series
     frame = read_series(cfg, root)
     frame.attrs = {}  # keep pandas metadata out of the shard so bytes depend on data only
-    shards = (frame.iloc[i : i + cfg.shard_rows] for i in range(0, max(len(frame), 1), cfg.shard_rows))
+    shards = (
+        frame.iloc[i : i + cfg.shard_rows] for i in range(0, max(len(frame), 1), cfg.shard_rows)
+    )
     rows = write_shards(shards, out_dir)
     return IngestResult("series", rows, out_dir)
 

@@ -10,6 +10,7 @@ on the train rows only, so nothing about the future leaks into training.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from pathlib import Path
@@ -52,7 +53,9 @@ def stratified_split(
     out = {k: np.sort(np.concatenate(v)) for k, v in parts.items()}
     for name, idx in out.items():
         if len(idx) == 0:
-            raise PrepareError(f"split {name!r} is empty: {len(labels)} images are too few for these fractions")
+            raise PrepareError(
+                f"split {name!r} is empty: {len(labels)} images are too few for these fractions"
+            )
     return out
 
 
@@ -63,17 +66,22 @@ def decode_grey(data: bytes) -> np.ndarray:
 
 
 def prepare_images(
-    raw_dir: Path, quarantine_dir: Path, out_dir: Path, cfg: ImagePrepare, classes: list[str], seed: int
+    raw_dir: Path,
+    quarantine_dir: Path,
+    out_dir: Path,
+    cfg: ImagePrepare,
+    classes: list[str],
+    seed: int,
 ) -> dict[str, int]:
     frame = read_all(raw_dir)
     frame = frame[~frame["record_id"].isin(quarantined_records(quarantine_dir))]
     unknown = sorted(set(frame["label"]) - set(classes))
     if unknown:
-        raise PrepareError(f"{raw_dir}: labels {unknown} not in quality.images.classes and not quarantined")
+        raise PrepareError(
+            f"{raw_dir}: labels {unknown} not in quality.images.classes and not quarantined"
+        )
     x = np.stack([decode_grey(b) for b in frame["image"]])  # (N, H, W) uint8
     y = frame["label"].map({c: i for i, c in enumerate(classes)}).to_numpy(np.int64)
-    import hashlib
-
     ids = np.array([hashlib.sha256(b).hexdigest() for b in frame["image"]])
     splits = stratified_split(y, cfg.val_fraction, cfg.test_fraction, seed)
     out_dir = Path(out_dir)
@@ -106,10 +114,15 @@ def prepare_series_frame(
     n = len(series)
     n_train, n_val = int(n * cfg.train_fraction), int(n * cfg.val_fraction)
     if n_train == 0 or n_val == 0 or n - n_train - n_val <= 0:
-        raise PrepareError(f"{n} rows are too few for train/val/test fractions {cfg.train_fraction}/{cfg.val_fraction}")
+        raise PrepareError(
+            f"{n} rows are too few for train/val/test fractions {cfg.train_fraction}/{cfg.val_fraction}"
+        )
     split = np.array(["train"] * n_train + ["val"] * n_val + ["test"] * (n - n_train - n_val))
     train = series.iloc[:n_train]
-    scaler = {c: {"mean": float(train[c].mean()), "std": float(train[c].std(ddof=0) or 1.0)} for c in columns}
+    scaler = {
+        c: {"mean": float(train[c].mean()), "std": float(train[c].std(ddof=0) or 1.0)}
+        for c in columns
+    }
     scaled = series.copy()
     for c in columns:
         scaled[c] = (series[c] - scaler[c]["mean"]) / scaler[c]["std"]

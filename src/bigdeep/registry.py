@@ -63,7 +63,9 @@ def register_and_promote(
     try:
         client.get_registered_model(name)
     except MlflowException:
-        client.create_registered_model(name, description="bigdeep model; aliases champion / challenger")
+        client.create_registered_model(
+            name, description="bigdeep model; aliases champion / challenger"
+        )
     try:
         current = client.get_model_version_by_alias(name, CHAMPION)
     except MlflowException:
@@ -79,7 +81,10 @@ def register_and_promote(
         try:
             champion_score = score(f"models:/{name}/{current.version}")
         except Exception as e:  # noqa: BLE001 - an unscorable champion (other shapes) is replaced
-            alias, reason = CHAMPION, f"champion v{current.version} cannot be scored on this data: {e}"
+            alias, reason = (
+                CHAMPION,
+                f"champion v{current.version} cannot be scored on this data: {e}",
+            )
         else:
             better = is_better(candidate_score, champion_score, margin, higher_is_better)
             alias = CHAMPION if better else CHALLENGER
@@ -90,9 +95,17 @@ def register_and_promote(
             )
     client.set_registered_model_alias(name, alias, version)
     decision = Decision(
-        model=name, version=str(version), alias=alias, metric=metric, higher_is_better=higher_is_better,
-        candidate_score=candidate_score, champion_version=champion_version, champion_score=champion_score,
-        margin=margin, data_version=data_version, reason=reason,
+        model=name,
+        version=str(version),
+        alias=alias,
+        metric=metric,
+        higher_is_better=higher_is_better,
+        candidate_score=candidate_score,
+        champion_version=champion_version,
+        champion_score=champion_score,
+        margin=margin,
+        data_version=data_version,
+        reason=reason,
     )
     client.set_tag(run_id, "bigdeep.registry.decision", f"{name} v{version} -> {alias}")
     mlflow.log_dict(asdict(decision), "registry/decision.json")
@@ -142,7 +155,11 @@ def resolve(client, ref: str):
     name, sep, which = ref.replace("/", "@").partition("@")
     if not sep or not which:
         raise ValueError(f"{ref!r}: expected <model>@<alias|version>, e.g. bigdeep-cnn@champion")
-    mv = client.get_model_version(name, which) if which.isdigit() else client.get_model_version_by_alias(name, which)
+    mv = (
+        client.get_model_version(name, which)
+        if which.isdigit()
+        else client.get_model_version_by_alias(name, which)
+    )
     return mv, client.get_run(mv.run_id)
 
 
@@ -156,7 +173,11 @@ def lineage(client, ref: str) -> dict:
         "git_commit": tags.get("bigdeep.git.commit"),
         "git_dirty": tags.get("bigdeep.git.dirty"),
         "params_hash": tags.get("bigdeep.params_hash"),
-        "data": {k.removeprefix("bigdeep.data."): v for k, v in tags.items() if k.startswith("bigdeep.data.")},
+        "data": {
+            k.removeprefix("bigdeep.data."): v
+            for k, v in tags.items()
+            if k.startswith("bigdeep.data.")
+        },
         "prefect_flow_run_id": tags.get("bigdeep.prefect_flow_run_id"),
         "dvc_experiment": tags.get("bigdeep.dvc_experiment"),
         "quality_report": [a.path for a in client.list_artifacts(run.info.run_id, "quality")],
@@ -165,7 +186,9 @@ def lineage(client, ref: str) -> dict:
 
 
 def params_hash(settings_dump: dict) -> str:
-    return hashlib.sha256(json.dumps(settings_dump, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return hashlib.sha256(
+        json.dumps(settings_dump, sort_keys=True, default=str).encode()
+    ).hexdigest()[:16]
 
 
 # --- restore: bring back the exact data of a model from the DVC cache or remote ------------
@@ -179,7 +202,12 @@ def dvc_dir_md5(folder: Path) -> str:
     """DVC's md5 of a directory: md5 of its sorted (relpath, md5) list, as dvc-data writes it."""
     entries = []
     for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
-        entries.append({"md5": hashlib.md5(path.read_bytes()).hexdigest(), "relpath": path.relative_to(folder).as_posix()})
+        entries.append(
+            {
+                "md5": hashlib.md5(path.read_bytes()).hexdigest(),
+                "relpath": path.relative_to(folder).as_posix(),
+            }
+        )
     entries.sort(key=lambda e: e["relpath"])
     return hashlib.md5(json.dumps(entries, sort_keys=True).encode()).hexdigest() + ".dir"
 
@@ -203,7 +231,9 @@ def restore_dir(md5: str, dest: Path, stores: list[Path]) -> Path:
     for entry in json.loads(manifest.read_text()):
         obj = next((p for s in stores if (p := _object_path(s, entry["md5"])).exists()), None)
         if obj is None:
-            raise FileNotFoundError(f"{entry['relpath']} ({entry['md5']}) of {md5} is missing from the cache")
+            raise FileNotFoundError(
+                f"{entry['relpath']} ({entry['md5']}) of {md5} is missing from the cache"
+            )
         target = tmp / entry["relpath"]
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(obj, target)

@@ -94,7 +94,12 @@ def _spawn(cmd: list[str], log: Path, env: dict[str, str]) -> int:
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
         proc = subprocess.Popen(
-            cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
         )
     return proc.pid
 
@@ -109,7 +114,10 @@ def up(
     state_dir = Path(state_dir).resolve()
     running = status(state_dir)
     if running and all(s["healthy"] for s in running.values()):
-        return {name: Server(**{k: v for k, v in s.items() if k != "healthy"}) for name, s in running.items()}
+        return {
+            name: Server(**{k: v for k, v in s.items() if k != "healthy"})
+            for name, s in running.items()
+        }
     down(state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
     if postgres:
@@ -120,41 +128,78 @@ def up(
     prefect_port, mlflow_port = prefect_port or free_port(), mlflow_port or free_port()
 
     env = _env()
-    env.update(PREFECT_HOME=str(state_dir / "prefect_home"), PREFECT_API_DATABASE_CONNECTION_URL=prefect_db)
+    env.update(
+        PREFECT_HOME=str(state_dir / "prefect_home"), PREFECT_API_DATABASE_CONNECTION_URL=prefect_db
+    )
     env.pop("PREFECT_API_URL", None)
     prefect = Server(
         "prefect",
         _spawn(
-            [sys.executable, "-m", "prefect", "server", "start", "--host", HOST, "--port", str(prefect_port)],
-            state_dir / "prefect.log", env,
+            [
+                sys.executable,
+                "-m",
+                "prefect",
+                "server",
+                "start",
+                "--host",
+                HOST,
+                "--port",
+                str(prefect_port),
+            ],
+            state_dir / "prefect.log",
+            env,
         ),
-        prefect_port, f"http://{HOST}:{prefect_port}/api", f"http://{HOST}:{prefect_port}/api/health",
-        str(state_dir / "prefect.log"), _redact(prefect_db),
+        prefect_port,
+        f"http://{HOST}:{prefect_port}/api",
+        f"http://{HOST}:{prefect_port}/api/health",
+        str(state_dir / "prefect.log"),
+        _redact(prefect_db),
     )
     mlflow = Server(
         "mlflow",
         _spawn(
             [
-                sys.executable, "-m", "mlflow", "server", "--backend-store-uri", mlflow_backend,
-                "--artifacts-destination", str(state_dir / "mlartifacts"),
-                "--host", HOST, "--port", str(mlflow_port), "--workers", "1",
+                sys.executable,
+                "-m",
+                "mlflow",
+                "server",
+                "--backend-store-uri",
+                mlflow_backend,
+                "--artifacts-destination",
+                str(state_dir / "mlartifacts"),
+                "--host",
+                HOST,
+                "--port",
+                str(mlflow_port),
+                "--workers",
+                "1",
             ],
-            state_dir / "mlflow.log", _env(),
+            state_dir / "mlflow.log",
+            _env(),
         ),
-        mlflow_port, f"http://{HOST}:{mlflow_port}", f"http://{HOST}:{mlflow_port}/health",
-        str(state_dir / "mlflow.log"), _redact(mlflow_backend),
+        mlflow_port,
+        f"http://{HOST}:{mlflow_port}",
+        f"http://{HOST}:{mlflow_port}/health",
+        str(state_dir / "mlflow.log"),
+        _redact(mlflow_backend),
     )
     servers = {"prefect": prefect, "mlflow": mlflow}
-    (state_dir / "servers.json").write_text(json.dumps({k: asdict(v) for k, v in servers.items()}, indent=2) + "\n")
+    (state_dir / "servers.json").write_text(
+        json.dumps({k: asdict(v) for k, v in servers.items()}, indent=2) + "\n"
+    )
     deadline = time.monotonic() + timeout
     for server in servers.values():
         while not healthy(server.health):
             if not _alive(server.pid):
                 down(state_dir)
-                raise ServerError(f"{server.name} server exited during start; see {server.log}:\n{_tail(server.log)}")
+                raise ServerError(
+                    f"{server.name} server exited during start; see {server.log}:\n{_tail(server.log)}"
+                )
             if time.monotonic() > deadline:
                 down(state_dir)
-                raise ServerError(f"{server.name} did not answer {server.health} in {timeout:.0f} s; see {server.log}")
+                raise ServerError(
+                    f"{server.name} did not answer {server.health} in {timeout:.0f} s; see {server.log}"
+                )
             time.sleep(0.5)
     return servers
 

@@ -35,7 +35,9 @@ def check_reachable(cfg: MlflowSettings, timeout: float = 5.0) -> str:
         try:
             with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as resp:
                 if resp.status != 200:
-                    raise TrackingError(f"MLflow tracking server {uri} answered {resp.status} on /health")
+                    raise TrackingError(
+                        f"MLflow tracking server {uri} answered {resp.status} on /health"
+                    )
         except (urllib.error.URLError, OSError) as e:
             raise TrackingError(
                 f"MLflow tracking server {uri} is not reachable ({e}); start it with "
@@ -60,13 +62,16 @@ def ensure_experiment(cfg: MlflowSettings):
             location = None if remote else Path(cfg.artifact_root).resolve().as_uri()
             # "custom_model_development": the UI opens on the runs table, not the GenAI views
             exp_id = client.create_experiment(
-                cfg.experiment, artifact_location=location,
+                cfg.experiment,
+                artifact_location=location,
                 tags={"mlflow.experimentKind": "custom_model_development"},
             )
         else:
             exp_id = exp.experiment_id
     except Exception as e:  # noqa: BLE001 - any failure here means "the store is unusable"
-        raise TrackingError(f"MLflow tracking store {uri} is not usable: {type(e).__name__}: {e}") from None
+        raise TrackingError(
+            f"MLflow tracking store {uri} is not usable: {type(e).__name__}: {e}"
+        ) from None
     mlflow.set_experiment(experiment_id=exp_id)
     return client, exp_id
 
@@ -128,7 +133,9 @@ def data_version(lock_path: Path, processed_dir: Path, raw_name: str) -> DataVer
     raw = f"data/raw/{raw_name}"
     processed = Path(processed_dir).as_posix()
     fallback = "unversioned:" + dir_sha256(Path(processed_dir))[:16]
-    return DataVersion(raw_name, raw, outs.get(raw, fallback), processed, outs.get(processed, fallback))
+    return DataVersion(
+        raw_name, raw, outs.get(raw, fallback), processed, outs.get(processed, fallback)
+    )
 
 
 def dir_sha256(folder: Path) -> str:

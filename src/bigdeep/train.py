@@ -23,8 +23,21 @@ import torch
 from pytorch_lightning.loggers import Logger
 
 from bigdeep.config import Settings, Trainer
-from bigdeep.registry import Decision, image_accuracy_scorer, params_hash, register_and_promote, series_mae_scorer
-from bigdeep.tracking import DataVersion, check_reachable, data_version, git_state, log_data_input, start_run
+from bigdeep.registry import (
+    Decision,
+    image_accuracy_scorer,
+    params_hash,
+    register_and_promote,
+    series_mae_scorer,
+)
+from bigdeep.tracking import (
+    DataVersion,
+    check_reachable,
+    data_version,
+    git_state,
+    log_data_input,
+    start_run,
+)
 
 # Installed into the model's environment by whoever serves it; pinned like ours.
 MODEL_REQUIREMENTS = [f"torch=={torch.__version__.split('+')[0]}", "numpy", "mlflow"]
@@ -232,33 +245,62 @@ def train_cnn(
     check_reachable(settings.mlflow)  # fail now, not after training
     cfg, tcfg = settings.train.cnn, settings.train.trainer
     configure_torch(tcfg, settings.seed)
-    dm = ImageDataModule(data_dir, batch_size=cfg.batch_size, num_workers=tcfg.num_workers, seed=settings.seed)
+    dm = ImageDataModule(
+        data_dir, batch_size=cfg.batch_size, num_workers=tcfg.num_workers, seed=settings.seed
+    )
     dm.setup("fit")
     model = ImageClassifier(
-        num_classes=dm.num_classes, conv=list(cfg.conv), dense=cfg.dense, lr=cfg.lr, image_size=dm.image_size
+        num_classes=dm.num_classes,
+        conv=list(cfg.conv),
+        dense=cfg.dense,
+        lr=cfg.lr,
+        image_size=dm.image_size,
     )
     version = data_version(lock_path, data_dir, raw_name="images")
     out_dir.mkdir(parents=True, exist_ok=True)
-    with start_run(settings.mlflow, run_name="train_cnn", tags=run_tags(settings, "cnn", version)) as (run, client):
-        mlflow.log_params({**_common_params(settings), **{f"cnn.{k}": v for k, v in cfg.model_dump().items()}})
+    with start_run(
+        settings.mlflow, run_name="train_cnn", tags=run_tags(settings, "cnn", version)
+    ) as (run, client):
+        mlflow.log_params(
+            {**_common_params(settings), **{f"cnn.{k}": v for k, v in cfg.model_dump().items()}}
+        )
         log_data_input(version, name="images", context="training")
-        history = EpochHistory(client, run.info.run_id, ("train_loss", "train_acc", "val_loss", "val_acc"))
+        history = EpochHistory(
+            client, run.info.run_id, ("train_loss", "train_acc", "val_loss", "val_acc")
+        )
         trainer = make_trainer(tcfg, cfg.epochs, history, out_dir)
         trainer.fit(model, datamodule=dm)
         tested = trainer.test(model, datamodule=dm, verbose=False)[0]
         metrics = {"test_loss": float(tested["test_loss"]), "test_acc": float(tested["test_acc"])}
         torch.save(model.state_dict(), out_dir / "model.pt")
-        model_uri = log_model(model.predict_proba_module(), example=_image_example(dm), name="model")
+        model_uri = log_model(
+            model.predict_proba_module(), example=_image_example(dm), name="model"
+        )
         decision = register_and_promote(
-            client=client, name=f"{settings.registry.prefix}-cnn", run_id=run.info.run_id,
-            model_uri=model_uri, score=image_accuracy_scorer(data_dir), metric="test_acc",
-            higher_is_better=True, margin=settings.registry.cnn_margin,
-            data_version=version.processed_md5, tags=client.get_run(run.info.run_id).data.tags,
+            client=client,
+            name=f"{settings.registry.prefix}-cnn",
+            run_id=run.info.run_id,
+            model_uri=model_uri,
+            score=image_accuracy_scorer(data_dir),
+            metric="test_acc",
+            higher_is_better=True,
+            margin=settings.registry.cnn_margin,
+            data_version=version.processed_md5,
+            tags=client.get_run(run.info.run_id).data.tags,
         )
         return _finish(
-            name="cnn", run=run, client=client, history=history, metrics=metrics, out_dir=out_dir,
-            plots_dir=plots_dir, metrics_path=metrics_path, report_path=report_path, version=version.raw_md5,
-            model_uri=model_uri, decision=decision,
+            name="cnn",
+            run=run,
+            client=client,
+            history=history,
+            metrics=metrics,
+            out_dir=out_dir,
+            plots_dir=plots_dir,
+            metrics_path=metrics_path,
+            report_path=report_path,
+            version=version.raw_md5,
+            model_uri=model_uri,
+            decision=decision,
         )
 
 
@@ -285,36 +327,69 @@ def train_rnn(
     cfg, tcfg = settings.train.rnn, settings.train.trainer
     configure_torch(tcfg, settings.seed)
     dm = SeriesDataModule(
-        data_dir, window=cfg.window, horizon=cfg.horizon, batch_size=cfg.batch_size,
-        num_workers=tcfg.num_workers, seed=settings.seed,
+        data_dir,
+        window=cfg.window,
+        horizon=cfg.horizon,
+        batch_size=cfg.batch_size,
+        num_workers=tcfg.num_workers,
+        seed=settings.seed,
     )
     dm.setup("fit")
     model = SeriesForecaster(
-        n_features=dm.n_features, cell=cfg.cell, layers=cfg.layers, hidden=cfg.hidden,
-        dropout=cfg.dropout, horizon=cfg.horizon, lr=cfg.lr,
+        n_features=dm.n_features,
+        cell=cfg.cell,
+        layers=cfg.layers,
+        hidden=cfg.hidden,
+        dropout=cfg.dropout,
+        horizon=cfg.horizon,
+        lr=cfg.lr,
     )
     version = data_version(lock_path, data_dir, raw_name="series")
     out_dir.mkdir(parents=True, exist_ok=True)
-    with start_run(settings.mlflow, run_name="train_rnn", tags=run_tags(settings, "rnn", version)) as (run, client):
-        mlflow.log_params({**_common_params(settings), **{f"rnn.{k}": v for k, v in cfg.model_dump().items()}})
+    with start_run(
+        settings.mlflow, run_name="train_rnn", tags=run_tags(settings, "rnn", version)
+    ) as (run, client):
+        mlflow.log_params(
+            {**_common_params(settings), **{f"rnn.{k}": v for k, v in cfg.model_dump().items()}}
+        )
         log_data_input(version, name="series", context="training")
-        history = EpochHistory(client, run.info.run_id, ("train_loss", "train_mae", "val_loss", "val_mae"))
+        history = EpochHistory(
+            client, run.info.run_id, ("train_loss", "train_mae", "val_loss", "val_mae")
+        )
         trainer = make_trainer(tcfg, cfg.epochs, history, out_dir)
         trainer.fit(model, datamodule=dm)
         tested = trainer.test(model, datamodule=dm, verbose=False)[0]
-        metrics = {"test_loss": float(tested["test_loss"]), **forecast_metrics(model, dm, cfg.seasonal_period)}
+        metrics = {
+            "test_loss": float(tested["test_loss"]),
+            **forecast_metrics(model, dm, cfg.seasonal_period),
+        }
         torch.save(model.state_dict(), out_dir / "model.pt")
         model_uri = log_model(model.export_module(), example=_series_example(dm), name="model")
         decision = register_and_promote(
-            client=client, name=f"{settings.registry.prefix}-rnn", run_id=run.info.run_id,
-            model_uri=model_uri, score=series_mae_scorer(dm), metric="test_mae",
-            higher_is_better=False, margin=settings.registry.rnn_margin,
-            data_version=version.processed_md5, tags=client.get_run(run.info.run_id).data.tags,
+            client=client,
+            name=f"{settings.registry.prefix}-rnn",
+            run_id=run.info.run_id,
+            model_uri=model_uri,
+            score=series_mae_scorer(dm),
+            metric="test_mae",
+            higher_is_better=False,
+            margin=settings.registry.rnn_margin,
+            data_version=version.processed_md5,
+            tags=client.get_run(run.info.run_id).data.tags,
         )
         return _finish(
-            name="rnn", run=run, client=client, history=history, metrics=metrics, out_dir=out_dir,
-            plots_dir=plots_dir, metrics_path=metrics_path, report_path=report_path, version=version.raw_md5,
-            model_uri=model_uri, decision=decision,
+            name="rnn",
+            run=run,
+            client=client,
+            history=history,
+            metrics=metrics,
+            out_dir=out_dir,
+            plots_dir=plots_dir,
+            metrics_path=metrics_path,
+            report_path=report_path,
+            version=version.raw_md5,
+            model_uri=model_uri,
+            decision=decision,
         )
 
 
@@ -339,7 +414,9 @@ def forecast_metrics(model: pl.LightningModule, dm, seasonal_period: int) -> dic
         window, horizon = x.shape[1], y.shape[1]
         naive.append(x[:, -1:, 0].cpu().expand(-1, horizon))
         if window >= seasonal_period >= horizon:
-            seasonal.append(x[:, window - seasonal_period : window - seasonal_period + horizon, 0].cpu())
+            seasonal.append(
+                x[:, window - seasonal_period : window - seasonal_period + horizon, 0].cpu()
+            )
     unscale = dm.inverse_target
     y_true = unscale(torch.cat(trues).numpy())
     out: dict[str, float] = {}
@@ -350,7 +427,9 @@ def forecast_metrics(model: pl.LightningModule, dm, seasonal_period: int) -> dic
         err = unscale(torch.cat(values).numpy()) - y_true
         out[f"test_{prefix}mae"] = float(np.mean(np.abs(err)))
         out[f"test_{prefix}rmse"] = float(np.sqrt(np.mean(err**2)))
-        out[f"test_{prefix}mape"] = float(100 * np.mean(np.abs(err) / np.maximum(np.abs(y_true), 1e-9)))
+        out[f"test_{prefix}mape"] = float(
+            100 * np.mean(np.abs(err) / np.maximum(np.abs(y_true), 1e-9))
+        )
     if "test_naive_mae" in out:
         out["test_mae_vs_naive"] = out["test_mae"] / out["test_naive_mae"]
     return out
@@ -375,4 +454,3 @@ def log_model(module: torch.nn.Module, example: np.ndarray, name: str) -> str:
     )
     mlflow.set_tag("bigdeep.model_uri", info.model_uri)
     return info.model_uri
-

@@ -7,12 +7,19 @@ import shutil
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # Without the background-networking flags Chromium keeps dialling out on a closed network.
 FLAGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
-    "--disable-background-networking", "--disable-component-update",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-sync",
+    "--disable-background-networking",
+    "--disable-component-update",
 ]
 
 
-def check_mlflow_ui(uri: str, experiment_id: str, run_name: str, model: str, screenshots) -> dict[str, str]:
+def check_mlflow_ui(
+    uri: str, experiment_id: str, run_name: str, model: str, screenshots
+) -> dict[str, str]:
     """Open the experiment, the run's metric charts and the registered model; return what was seen."""
     from playwright.sync_api import expect, sync_playwright
 

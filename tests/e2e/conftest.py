@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -23,6 +25,8 @@ def prefect_server(tmp_path_factory):
 @pytest.fixture
 def project_factory(tmp_path, mlflow_uri, prefect_server):
     def factory(overrides: dict | None = None, name: str = "project") -> Path:
-        return make_project(tmp_path / name, deep_update(yaml.safe_load(yaml.safe_dump(SMALL)), overrides or {}))
+        return make_project(
+            tmp_path / name, deep_update(yaml.safe_load(yaml.safe_dump(SMALL)), overrides or {})
+        )
 
     return factory

@@ -21,7 +21,9 @@ def test_dvc_exp_run_tags_the_mlflow_run_with_the_experiment(tmp_path, mlflow_ur
     # the stages' cmd `bigdeep` lives beside this interpreter
     monkeypatch.setenv("PATH", f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}")
 
-    out = run([*dvc, "exp", "run", "-S", "train.cnn.epochs=1", "-n", "one-epoch", "train_cnn"], project)
+    out = run(
+        [*dvc, "exp", "run", "-S", "train.cnn.epochs=1", "-n", "one-epoch", "train_cnn"], project
+    )
     assert "one-epoch" in out
 
     client = MlflowClient(mlflow_uri)
@@ -30,7 +32,9 @@ def test_dvc_exp_run_tags_the_mlflow_run_with_the_experiment(tmp_path, mlflow_ur
     assert runs[0].data.params["cnn.epochs"] == "1"
 
     shown = json.loads(run([*dvc, "exp", "show", "--json"], project))
-    exps = [e for rev in shown for e in (rev.get("experiments") or []) if e.get("name") == "one-epoch"]
+    exps = [
+        e for rev in shown for e in (rev.get("experiments") or []) if e.get("name") == "one-epoch"
+    ]
     assert exps, shown
     metrics = exps[0]["revs"][0]["data"]["metrics"]["metrics/cnn.json"]["data"]
     assert metrics["test_acc"] == pytest.approx(runs[0].data.metrics["test_acc"])

@@ -53,7 +53,7 @@ def test_flow_trains_logs_skips_and_restores(project_factory, mlflow_uri, monkey
 
     # the logged CNN loads through pyfunc and predicts 10 class probabilities
     test = np.load(project / "data/processed/images/test.npz")
-    sample = (test["x"][:5, None].astype(np.float32) / 255.0)  # (5, 1, 28, 28)
+    sample = test["x"][:5, None].astype(np.float32) / 255.0  # (5, 1, 28, 28)
     model = mlflow.pyfunc.load_model(cnn.data.tags["bigdeep.model_uri"])
     probs = np.asarray(model.predict(sample))
     assert probs.shape == (5, 10)
@@ -109,7 +109,9 @@ def _tree_digest(folder: Path) -> str:
     return h.hexdigest()
 
 
-def test_gate_failure_stops_the_flow_and_names_the_bad_records(project_factory, mlflow_uri, tmp_path):
+def test_gate_failure_stops_the_flow_and_names_the_bad_records(
+    project_factory, mlflow_uri, tmp_path
+):
     from mlflow.tracking import MlflowClient
 
     from flows.pipeline import pipeline
@@ -119,20 +121,32 @@ def test_gate_failure_stops_the_flow_and_names_the_bad_records(project_factory, 
     for label in range(10):
         (images / str(label)).mkdir(parents=True)
         for i in range(3):
-            (images / str(label) / f"{i}.png").write_bytes(_png(rng.integers(0, 256, (28, 28), dtype=np.uint8)))
+            (images / str(label) / f"{i}.png").write_bytes(
+                _png(rng.integers(0, 256, (28, 28), dtype=np.uint8))
+            )
     good = _png(rng.integers(0, 256, (28, 28), dtype=np.uint8))
     (images / "3" / "broken.png").write_bytes(good[: len(good) // 2])  # truncated PNG
 
     series = tmp_path / "source" / "demand.csv"
     times = pd.date_range("2024-01-01", periods=200, freq="h", tz="UTC")
-    frame = pd.DataFrame({"Time": times.strftime("%Y-%m-%dT%H:%M:%SZ"), "Demand": rng.normal(100, 5, 200), "Temperature": 20.0})
+    frame = pd.DataFrame(
+        {
+            "Time": times.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "Demand": rng.normal(100, 5, 200),
+            "Temperature": 20.0,
+        }
+    )
     frame.loc[16, "Demand"] = np.nan  # data row 17
     frame.to_csv(series, index=False)
     before = _tree_digest(tmp_path / "source")
 
     project = project_factory(
-        {"data": {"images": {"source": f"folder:{images}", "per_class": None},
-                  "series": {"source": f"csv:{series}", "last_days": None}}},
+        {
+            "data": {
+                "images": {"source": f"folder:{images}", "per_class": None},
+                "series": {"source": f"csv:{series}", "last_days": None},
+            }
+        },
         name="gated",
     )
     state = pipeline(project_dir=str(project), return_state=True)
@@ -146,7 +160,9 @@ def test_gate_failure_stops_the_flow_and_names_the_bad_records(project_factory, 
 
     series_report = json.loads((project / "reports/quality/series.json").read_text())
     assert series_report["passed"] is False
-    assert any("row 17" in f and "Demand" in f for f in series_report["failures"]), series_report["failures"]
+    assert any("row 17" in f and "Demand" in f for f in series_report["failures"]), series_report[
+        "failures"
+    ]
 
     # nothing trained, logged or registered; the source is untouched
     assert not (project / "data/processed").exists()
@@ -157,7 +173,9 @@ def test_gate_failure_stops_the_flow_and_names_the_bad_records(project_factory, 
     assert _tree_digest(tmp_path / "source") == before
 
 
-def test_flow_fails_fast_naming_the_uri_when_the_tracking_server_is_down(project_factory, monkeypatch):
+def test_flow_fails_fast_naming_the_uri_when_the_tracking_server_is_down(
+    project_factory, monkeypatch
+):
     from bigdeep.servers import free_port
     from flows.pipeline import pipeline
 

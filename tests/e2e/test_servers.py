@@ -55,9 +55,31 @@ def servers(tmp_path, request):
 
 
 def serve(project: Path, servers) -> subprocess.Popen:
-    env = dict(os.environ, PREFECT_API_URL=servers["prefect"].url, MLFLOW_TRACKING_URI=servers["mlflow"].url)
-    cmd = [sys.executable, "-m", "bigdeep.cli", "schedule", "--cron", "0 3 * * *", "--datasets", "images", "--project", str(project)]
-    return subprocess.Popen(cmd, cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    env = dict(
+        os.environ,
+        PREFECT_API_URL=servers["prefect"].url,
+        MLFLOW_TRACKING_URI=servers["mlflow"].url,
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "bigdeep.cli",
+        "schedule",
+        "--cron",
+        "0 3 * * *",
+        "--datasets",
+        "images",
+        "--project",
+        str(project),
+    ]
+    return subprocess.Popen(
+        cmd,
+        cwd=project,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def trigger(servers, wait: bool = True, timeout: float = 600):
@@ -79,7 +101,10 @@ def wait_final(servers, flow_run_id, timeout: float = 600):
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    with temporary_settings({PREFECT_API_URL: servers["prefect"].url}), get_client(sync_client=True) as client:
+    with (
+        temporary_settings({PREFECT_API_URL: servers["prefect"].url}),
+        get_client(sync_client=True) as client,
+    ):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             run = client.read_flow_run(flow_run_id)
@@ -106,7 +131,9 @@ def test_scheduled_deployment_registers_champion_with_lineage(servers, tmp_path)
         champion = client.get_model_version_by_alias("bigdeep-cnn", "champion")
         run = client.get_run(champion.run_id)
         assert run.data.tags["bigdeep.data.images.md5"] == lock_md5(project, "data/raw/images")
-        assert run.data.tags["bigdeep.data.images.processed_md5"] == lock_md5(project, "data/processed/images")
+        assert run.data.tags["bigdeep.data.images.processed_md5"] == lock_md5(
+            project, "data/processed/images"
+        )
         assert run.data.tags["bigdeep.prefect_flow_run_id"] == str(first.id)
         assert run.data.tags["bigdeep.git.commit"] != "none"
 
@@ -124,17 +151,26 @@ def test_scheduled_deployment_registers_champion_with_lineage(servers, tmp_path)
         assert third.state.is_completed(), third.state
         vs = versions(client, "bigdeep-cnn")
         assert len(vs) == 2
-        assert client.get_model_version_by_alias("bigdeep-cnn", "champion").version == champion.version
-        assert client.get_model_version_by_alias("bigdeep-cnn", "challenger").version == vs[-1].version
+        assert (
+            client.get_model_version_by_alias("bigdeep-cnn", "champion").version == champion.version
+        )
+        assert (
+            client.get_model_version_by_alias("bigdeep-cnn", "challenger").version == vs[-1].version
+        )
         challenger_run = client.get_run(vs[-1].run_id)
-        assert challenger_run.data.metrics["registry.candidate_score"] <= challenger_run.data.metrics["registry.champion_score"]
+        assert (
+            challenger_run.data.metrics["registry.candidate_score"]
+            <= challenger_run.data.metrics["registry.champion_score"]
+        )
 
         if servers["mlflow"].backend.startswith("sqlite"):
             # what a person sees: the experiment, the run's metric chart, the champion alias
             from tests.e2e.browser import check_mlflow_ui
 
             exp = client.get_experiment_by_name("bigdeep")
-            seen = check_mlflow_ui(servers["mlflow"].url, exp.experiment_id, "train_cnn", "bigdeep-cnn", tmp_path)
+            seen = check_mlflow_ui(
+                servers["mlflow"].url, exp.experiment_id, "train_cnn", "bigdeep-cnn", tmp_path
+            )
             assert seen["run"].endswith("/model-metrics")
             assert seen["alias"].replace("\xa0", " ") == "@ champion"
 

@@ -42,7 +42,9 @@ def test_ingest_is_byte_identical_when_the_source_is_unchanged(tmp_path):
     s = settings(images={"per_class": 2})
     ingest_images(s, tmp_path / "a")
     ingest_images(s, tmp_path / "b")
-    assert (tmp_path / "a/part-00000.parquet").read_bytes() == (tmp_path / "b/part-00000.parquet").read_bytes()
+    assert (tmp_path / "a/part-00000.parquet").read_bytes() == (
+        tmp_path / "b/part-00000.parquet"
+    ).read_bytes()
 
 
 def test_image_folder_keeps_bad_files_for_the_gate(tmp_path):
@@ -67,7 +69,9 @@ def test_image_folder_rejects_symlinks_out_of_the_root(tmp_path):
     (tmp_path / "secret.png").write_bytes(png(1))
     (src / "link.png").symlink_to(tmp_path / "secret.png")
     with pytest.raises(SourceError, match="outside the data root"):
-        ingest_images(settings(images={"source": f"folder:{tmp_path / 'digits'}"}), tmp_path / "raw")
+        ingest_images(
+            settings(images={"source": f"folder:{tmp_path / 'digits'}"}), tmp_path / "raw"
+        )
 
 
 def write_idx(path, array: np.ndarray) -> None:
@@ -81,7 +85,9 @@ def test_idx_files_are_read(tmp_path):
     write_idx(tmp_path / "train-images-idx3-ubyte.gz", images)
     write_idx(tmp_path / "train-labels-idx1-ubyte.gz", np.array([4, 2, 9]))
     np.testing.assert_array_equal(read_idx(tmp_path / "train-images-idx3-ubyte.gz"), images)
-    ingest_images(settings(images={"source": f"idx:{tmp_path}", "per_class": None}), tmp_path / "raw")
+    ingest_images(
+        settings(images={"source": f"idx:{tmp_path}", "per_class": None}), tmp_path / "raw"
+    )
     frame = read_all(tmp_path / "raw")
     assert list(frame["label"]) == ["4", "2", "9"]
     decoded = np.asarray(Image.open(io.BytesIO(frame["image"][1])))
@@ -89,7 +95,9 @@ def test_idx_files_are_read(tmp_path):
 
 
 def test_truncated_idx_names_the_file(tmp_path):
-    (tmp_path / "t10k-images-idx3-ubyte").write_bytes(struct.pack(">HBBIII", 0, 8, 3, 2, 28, 28) + b"\0" * 10)
+    (tmp_path / "t10k-images-idx3-ubyte").write_bytes(
+        struct.pack(">HBBIII", 0, 8, 3, 2, 28, 28) + b"\0" * 10
+    )
     (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(struct.pack(">HBBI", 0, 8, 1, 2) + b"\1\2")
     with pytest.raises(SourceError, match="t10k-images-idx3-ubyte: header says"):
         ingest_images(settings(images={"source": f"idx:{tmp_path}"}), tmp_path / "raw")

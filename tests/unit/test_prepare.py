@@ -32,14 +32,18 @@ def test_stratified_split_refuses_an_empty_split():
 
 
 def test_prepare_images_drops_quarantined_records(tmp_path):
-    ingest_images(Settings.model_validate({"data": {"images": {"per_class": 10}}}), tmp_path / "raw")
+    ingest_images(
+        Settings.model_validate({"data": {"images": {"per_class": 10}}}), tmp_path / "raw"
+    )
     quarantine = tmp_path / "q"
     quarantine.mkdir()
     pd.DataFrame({"record": ["builtin:mnist/00000"], "check": ["x"], "observed": ["y"]}).to_parquet(
         quarantine / "reasons.parquet"
     )
     classes = [str(d) for d in range(10)]
-    counts = prepare_images(tmp_path / "raw", quarantine, tmp_path / "out", ImagePrepare(), classes, seed=0)
+    counts = prepare_images(
+        tmp_path / "raw", quarantine, tmp_path / "out", ImagePrepare(), classes, seed=0
+    )
     assert sum(counts.values()) == 99
     splits = {k: np.load(tmp_path / "out" / f"{k}.npz") for k in ("train", "val", "test")}
     assert splits["train"]["x"].shape[1:] == (28, 28) and splits["train"]["x"].dtype == np.uint8
@@ -50,11 +54,20 @@ def test_prepare_images_drops_quarantined_records(tmp_path):
 
 def series_frame(n: int) -> pd.DataFrame:
     ts = pd.date_range("2024-01-01", periods=n, freq="30min", tz="UTC")
-    return pd.DataFrame({"row": np.arange(1, n + 1), "timestamp": ts, "Demand": np.arange(n, dtype=float), "Temperature": 20.0})
+    return pd.DataFrame(
+        {
+            "row": np.arange(1, n + 1),
+            "timestamp": ts,
+            "Demand": np.arange(n, dtype=float),
+            "Temperature": 20.0,
+        }
+    )
 
 
 def test_series_split_is_time_ordered_and_scaled_on_train_only():
-    scaled, meta = prepare_series_frame(series_frame(200), SeriesData(), SeriesPrepare(resample="1h"))
+    scaled, meta = prepare_series_frame(
+        series_frame(200), SeriesData(), SeriesPrepare(resample="1h")
+    )
     assert len(scaled) == 100  # half-hourly -> hourly
     assert list(scaled["split"]) == ["train"] * 70 + ["val"] * 15 + ["test"] * 15
     train = scaled[scaled["split"] == "train"]

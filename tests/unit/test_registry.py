@@ -56,15 +56,27 @@ def test_first_model_is_champion_then_worse_is_challenger_better_takes_over(mlfl
     decisions = []
     for k in (0.5, 0.4, 0.8):
         with mlflow.start_run() as r:
-            info = mlflow.pytorch.log_model(Scale(k), name="model", input_example=x, pip_requirements=["torch"])
+            info = mlflow.pytorch.log_model(
+                Scale(k), name="model", input_example=x, pip_requirements=["torch"]
+            )
             decisions.append(
                 register_and_promote(
-                    client=client, name="m", run_id=r.info.run_id, model_uri=info.model_uri, score=score,
-                    metric="k", higher_is_better=True, margin=0.0, data_version="d", tags={"t": "1"},
+                    client=client,
+                    name="m",
+                    run_id=r.info.run_id,
+                    model_uri=info.model_uri,
+                    score=score,
+                    metric="k",
+                    higher_is_better=True,
+                    margin=0.0,
+                    data_version="d",
+                    tags={"t": "1"},
                 )
             )
     assert [d.alias for d in decisions] == [CHAMPION, CHALLENGER, CHAMPION]
-    assert decisions[1].champion_score == pytest.approx(0.5) and decisions[1].candidate_score == pytest.approx(0.4)
+    assert decisions[1].champion_score == pytest.approx(0.5) and decisions[
+        1
+    ].candidate_score == pytest.approx(0.4)
     assert str(client.get_model_version_by_alias("m", CHAMPION).version) == "3"
     assert str(client.get_model_version_by_alias("m", CHALLENGER).version) == "2"
     shown = lineage(client, "m@champion")
@@ -78,7 +90,11 @@ def test_dvc_dir_md5_matches_dvc_and_restore_rebuilds_it(tmp_path):
     (repo / "data" / "d" / "sub" / "b.bin").write_bytes(bytes(range(256)))
     run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], repo)
     run([sys.executable, "-m", "dvc", "add", "-q", "data/d"], repo)
-    dvc_md5 = next(line.split()[-1] for line in (repo / "data" / "d.dvc").read_text().splitlines() if "md5:" in line)
+    dvc_md5 = next(
+        line.split()[-1]
+        for line in (repo / "data" / "d.dvc").read_text().splitlines()
+        if "md5:" in line
+    )
     assert dvc_dir_md5(repo / "data" / "d") == dvc_md5
 
     (repo / "data" / "d" / "a.bin").write_bytes(b"changed")

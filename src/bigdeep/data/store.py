@@ -37,7 +37,11 @@ def write_shards(batches: Iterable[pd.DataFrame | pa.Table], out_dir: Path) -> i
     tmp.mkdir(parents=True)
     rows = 0
     for i, batch in enumerate(batches):
-        table = batch if isinstance(batch, pa.Table) else pa.Table.from_pandas(batch, preserve_index=False)
+        table = (
+            batch
+            if isinstance(batch, pa.Table)
+            else pa.Table.from_pandas(batch, preserve_index=False)
+        )
         pq.write_table(table, tmp / f"part-{i:05d}.parquet")
         rows += table.num_rows
     shutil.rmtree(out_dir, ignore_errors=True)
@@ -48,7 +52,9 @@ def write_shards(batches: Iterable[pd.DataFrame | pa.Table], out_dir: Path) -> i
 def shard_paths(shards_dir: Path) -> list[Path]:
     paths = sorted(Path(shards_dir).glob("part-*.parquet"))
     if not paths:
-        raise FileNotFoundError(f"{shards_dir}: no part-*.parquet shards (run `bigdeep ingest` first)")
+        raise FileNotFoundError(
+            f"{shards_dir}: no part-*.parquet shards (run `bigdeep ingest` first)"
+        )
     return paths
 
 
