@@ -15,7 +15,7 @@ export MPLBACKEND := Agg
 # Prefect's state (ephemeral server database, logs) stays in the project.
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 
-.PHONY: setup browser run test lint format ui bench clean
+.PHONY: setup browser run test lint format ui servers servers-down bench clean
 
 setup: $(VENV)/.installed
 
@@ -52,6 +52,13 @@ format: setup
 
 ui: setup
 	$(BIN)/bigdeep ui
+
+# Prefect + MLflow servers on 127.0.0.1 (SQLite; set BIGDEEP_POSTGRES_URL for PostgreSQL).
+servers: setup
+	$(BIN)/bigdeep servers up
+
+servers-down: setup
+	$(BIN)/bigdeep servers down
 
 bench: setup
 	$(BIN)/python tests/benchmarks/bench_train.py

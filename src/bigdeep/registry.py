@@ -34,7 +34,8 @@ class Decision:
     champion_version: str | None
     champion_score: float | None
     margin: float
-    data_version: str  # the test split both were scored on
+    data_version: str  # the test split both were scored on (DVC md5 of the processed data)
+    champion_trained_on: str | None  # the champion's own training data version, for review
     reason: str
 
 
@@ -73,11 +74,12 @@ def register_and_promote(
 
     candidate_score = score(model_uri)
     version = mlflow.register_model(model_uri, name, tags=tags).version
-    champion_version, champion_score = None, None
+    champion_version, champion_score, champion_data = None, None, None
     if current is None:
         alias, reason = CHAMPION, "first model: no champion yet"
     else:
         champion_version = str(current.version)
+        champion_data = client.get_run(current.run_id).data.tags.get("bigdeep.data.version")
         try:
             champion_score = score(f"models:/{name}/{current.version}")
         except Exception as e:  # noqa: BLE001 - an unscorable champion (other shapes) is replaced
@@ -105,6 +107,7 @@ def register_and_promote(
         champion_score=champion_score,
         margin=margin,
         data_version=data_version,
+        champion_trained_on=champion_data,
         reason=reason,
     )
     client.set_tag(run_id, "bigdeep.registry.decision", f"{name} v{version} -> {alias}")
