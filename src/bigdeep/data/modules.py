@@ -1,0 +1,361 @@
+"""Lightning data modules over the prepared data in `data/processed/`.
+
+Images: `<dir>/{train,val,test}.npz` (x uint8 (N, H, W), y int64 (N,), ids str (N,)) and
+`<dir>/classes.json`. Series: `<dir>/series.parquet` (timestamp, target, features, split)
+and `<dir>/meta.json` (target, features, scaler, freq).
+
+Everything is held in memory as tensors and batches are cut with one tensor index per batch
+(`_Batched.__getitems__`), not one Python `__getitem__` per sample: on a CPU that
+per-sample loop, not the model, would otherwise bound the throughput at small batch sizes.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+SPLITS = ("train", "val", "test")
+
+
+class _Batched(Dataset):
+    """Map-style dataset that cuts a whole batch with one tensor index.
+
+    `DataLoader` calls `__getitems__(indices)` once per batch (torch >= 2.2), so a batch is
+    one advanced-indexing op; `_stacked` (the collate_fn) passes it through unchanged.
+    """
+
+    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = self.batch(torch.tensor([i]))
+        return x[0], y[0]
+
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.batch(torch.as_tensor(indices))
+
+
+class _Images(_Batched):
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        self.images, self.labels = images, labels  # (N, 1, H, W) float32, (N,) int64
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.images[idx], self.labels[idx]
+
+
+class _Windows(_Batched):
+    """Sample i: inputs values[rows[i] - window : rows[i]], label target[rows[i] : + horizon]."""
+
+    def __init__(self, values: torch.Tensor, rows: np.ndarray, window: int, horizon: int) -> None:
+        self.values = values  # (N_rows, F), column 0 is the target
+        self.rows = torch.from_numpy(rows)  # (N,) first target row of each sample
+        self.window, self.horizon = window, horizon
+        # Views, no copy: _inputs[s] = rows [s, s+window) as (F, window);
+        # _labels[t] = target rows [t, t+horizon).
+        self._inputs = values.unfold(0, window, 1)
+        self._labels = values[:, 0].unfold(0, horizon, 1)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        t = self.rows[idx]  # (B,)
+        x = self._inputs[t - self.window].transpose(1, 2).contiguous()  # (B, window, F)
+        return x, self._labels[t]  # (B, window, F), (B, horizon)
+
+
+def _stacked(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    return batch  # already a batch: see _Batched.__getitems__
+
+
+class _InMemoryDataModule(pl.LightningDataModule):
+    """Loader plumbing shared by both data modules."""
+
+    def __init__(self, batch_size: int, num_workers: int, pin_memory: bool, seed: int) -> None:
+        super().__init__()
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.seed = seed
+        self._datasets: dict[str, _Batched] = {}
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        if split not in self._datasets:
+            raise RuntimeError(f"call setup() before asking for the {split!r} loader")
+        # A fresh seeded generator per loader: the shuffling order depends only on `seed`
+        # (and the epoch), not on what else consumed random numbers before.
+        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
+        return DataLoader(
+            self._datasets[split],
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            generator=generator,
+            collate_fn=_stacked,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+
+# --- images --------------------------------------------------------------------------------
+
+
+class ImageDataModule(_InMemoryDataModule):
+    """Grey images as float32 (N, 1, H, W) in [0, 1] with int64 labels (N,)."""
+
+    def __init__(
+        self,
+        data_dir: str | Path,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        seed: int = 42,
+    ) -> None:
+        super().__init__(batch_size, num_workers, pin_memory, seed)
+        self.data_dir = Path(data_dir)
+        self.classes: list[str] = []
+        self.image_size: tuple[int, int] = (0, 0)
+        self.ids: dict[str, np.ndarray] = {}  # split -> sha256 of each image, in row order
+        self.tensors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.tensors:  # loaded once, whatever the stage
+            return
+        self.classes = _read_classes(self.data_dir / "classes.json")
+        for split in SPLITS:
+            x, y, ids = _read_npz(self.data_dir / f"{split}.npz", self.num_classes)
+            size = (x.shape[1], x.shape[2])
+            if split == "train":
+                self.image_size = size
+            elif size != self.image_size:
+                raise ValueError(
+                    f"{self.data_dir / f'{split}.npz'}: images are {size}, "
+                    f"train images are {self.image_size}; re-run `bigdeep prepare`"
+                )
+            images = torch.from_numpy(x).unsqueeze(1).float().div_(255.0)  # (N, 1, H, W)
+            labels = torch.from_numpy(y.astype(np.int64))  # (N,)
+            self.tensors[split] = (images, labels)
+            self.ids[split] = ids
+            self._datasets[split] = _Images(images, labels)
+
+
+def _read_classes(path: Path) -> list[str]:
+    try:
+        classes = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: not found (run `bigdeep prepare` first)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e}); re-run `bigdeep prepare`") from None
+    if not isinstance(classes, list) or not classes:
+        raise ValueError(f"{path}: must be a non-empty JSON list of class names")
+    return [str(c) for c in classes]
+
+
+def _read_npz(path: Path, num_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(x uint8 (N, H, W), y int (N,), ids (N,)), checked; errors name the file."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            missing = {"x", "y", "ids"} - set(z.files)
+            if missing:
+                raise ValueError(f"{path}: missing array(s) {sorted(missing)}; has {z.files}")
+            x, y, ids = z["x"], z["y"], z["ids"]
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: not found (run `bigdeep prepare` first)") from None
+    except (zipfile.BadZipFile, EOFError, OSError) as e:
+        raise ValueError(
+            f"{path}: unreadable or corrupt npz ({e}); re-run `bigdeep prepare`"
+        ) from None
+    if x.dtype != np.uint8 or x.ndim != 3:
+        raise ValueError(f"{path}: x must be uint8 (N, H, W), got {x.dtype} {x.shape}")
+    if not np.issubdtype(y.dtype, np.integer) or y.shape != (len(x),) or ids.shape != (len(x),):
+        raise ValueError(
+            f"{path}: y must be integer (N,) and ids (N,) with N={len(x)}, "
+            f"got y {y.dtype} {y.shape}, ids {ids.shape}"
+        )
+    if len(x) == 0:
+        raise ValueError(f"{path}: no images")
+    bad = (y < 0) | (y >= num_classes)
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise ValueError(
+            f"{path}: label {int(y[row])} at row {row} is outside 0..{num_classes - 1} "
+            f"(classes.json lists {num_classes} classes)"
+        )
+    return x, y, ids
+
+
+# --- series --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SplitFrame:
+    """The samples of one split, for evaluation and baselines (all on scaled values).
+
+    `rows[i]` is the row of the first target of sample i in `series.parquet`; so the naive
+    baseline for sample i is `target[rows[i] - 1]` and the seasonal one
+    `target[rows[i] + h - period]` for step h (`target`: `SeriesDataModule.target_values`).
+    """
+
+    timestamps: pd.DatetimeIndex  # (N,) timestamp of the first target row
+    y_true: np.ndarray  # (N, horizon) float32
+    rows: np.ndarray  # (N,) int64
+
+
+class SeriesDataModule(_InMemoryDataModule):
+    """Sliding windows over a standardised series.
+
+    Sample for target row t: inputs are rows [t - window, t) of [target] + features,
+    shape (window, n_features); the label is the target at rows [t, t + horizon). The sample
+    belongs to the split of row t, and all its label rows must be in that split (no label is
+    ever taken from the next split). Inputs may reach back into the previous split: that is
+    the past, so val and test have samples from their first row on.
+    """
+
+    def __init__(
+        self,
+        data_dir: str | Path,
+        window: int = 48,
+        horizon: int = 1,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        seed: int = 42,
+    ) -> None:
+        super().__init__(batch_size, num_workers, pin_memory, seed)
+        if window < 1 or horizon < 1:
+            raise ValueError(f"window and horizon must be >= 1, got {window} and {horizon}")
+        self.data_dir = Path(data_dir)
+        self.window = window
+        self.horizon = horizon
+        self.target = ""
+        self.features: list[str] = []
+        self.scaler: dict[str, dict[str, float]] = {}
+        self.freq: str | None = None
+        self.timestamps = pd.DatetimeIndex([])
+        self.target_values = np.empty(0, dtype=np.float32)  # (N_rows,) scaled target
+        self.rows: dict[str, np.ndarray] = {}  # split -> first target row of each sample
+
+    @property
+    def n_features(self) -> int:
+        return 1 + len(self.features)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.rows:
+            return
+        meta = _read_meta(self.data_dir / "meta.json")
+        self.target, self.features = meta["target"], list(meta["features"])
+        self.scaler, self.freq = meta["scaler"], meta.get("freq")
+        frame = _read_series(self.data_dir / "series.parquet", [self.target, *self.features])
+
+        values = torch.from_numpy(
+            frame[[self.target, *self.features]].to_numpy(dtype=np.float32, copy=True)
+        )  # (N_rows, F), column 0 is the target
+        bad = ~torch.isfinite(values)
+        if bad.any():
+            row, col = (int(i) for i in bad.nonzero()[0])
+            raise ValueError(
+                f"{self.data_dir / 'series.parquet'}: {[self.target, *self.features][col]!r} is "
+                f"{values[row, col].item()} at row {row}; the quality gate should have stopped it"
+            )
+        self.timestamps = pd.DatetimeIndex(frame["timestamp"])
+        self.target_values = values[:, 0].numpy()
+        split_of_row = frame["split"].to_numpy()
+        for split in SPLITS:
+            self.rows[split] = _sample_rows(split_of_row, split, self.window, self.horizon)
+            self._datasets[split] = _Windows(values, self.rows[split], self.window, self.horizon)
+
+    def split_frame(self, split: str) -> SplitFrame:
+        rows = self.rows[split]
+        offsets = np.arange(self.horizon)
+        y_true = self.target_values[rows[:, None] + offsets]  # (N, horizon)
+        return SplitFrame(self.timestamps[rows], y_true, rows)
+
+    def inverse_target(self, values: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+        """Scaled target values -> original units (e.g. MW), any shape."""
+        s = self.scaler[self.target]
+        return values * s["std"] + s["mean"]
+
+
+def _sample_rows(split_of_row: np.ndarray, split: str, window: int, horizon: int) -> np.ndarray:
+    """Target rows t of `split` with t >= window and rows t..t+horizon-1 all in `split`."""
+    in_split = np.flatnonzero(split_of_row == split)
+    if len(in_split) == 0:
+        raise ValueError(f"series split {split!r} has no rows")
+    first, last = int(in_split[0]), int(in_split[-1])
+    rows = np.arange(max(first, window), last - horizon + 2, dtype=np.int64)
+    if len(rows) == 0:
+        raise ValueError(
+            f"series split {split!r} has {len(in_split)} rows (rows {first}..{last}), too few "
+            f"for one sample with window={window}, horizon={horizon}: it needs {horizon} rows "
+            f"and {window} rows before its first target"
+        )
+    return rows
+
+
+def _read_meta(path: Path) -> dict:
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: not found (run `bigdeep prepare` first)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e}); re-run `bigdeep prepare`") from None
+    for key in ("target", "features", "scaler"):
+        if key not in meta:
+            raise ValueError(f"{path}: missing key {key!r}")
+    if meta["target"] not in meta["scaler"]:
+        raise ValueError(f"{path}: scaler has no entry for the target {meta['target']!r}")
+    return meta
+
+
+def _read_series(path: Path, value_columns: list[str]) -> pd.DataFrame:
+    try:
+        frame = pd.read_parquet(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: not found (run `bigdeep prepare` first)") from None
+    except Exception as e:  # pyarrow raises several types for a damaged file
+        raise ValueError(f"{path}: unreadable parquet ({e}); re-run `bigdeep prepare`") from None
+    missing = [c for c in ["timestamp", *value_columns, "split"] if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {missing}; has {list(frame.columns)}")
+    if not frame["timestamp"].is_monotonic_increasing:
+        row = int(np.flatnonzero(frame["timestamp"].diff() < pd.Timedelta(0))[0])
+        raise ValueError(f"{path}: timestamps go back in time at row {row}")
+    unknown = set(frame["split"].unique()) - set(SPLITS)
+    if unknown:
+        raise ValueError(f"{path}: column 'split' has unknown value(s) {sorted(unknown)}")
+    # Time order train -> val -> test is what makes "inputs from the previous split" the past.
+    order = frame["split"].map({s: i for i, s in enumerate(SPLITS)}).to_numpy()
+    if (np.diff(order) < 0).any():
+        row = int(np.flatnonzero(np.diff(order) < 0)[0]) + 1
+        raise ValueError(
+            f"{path}: splits are not in time order train, val, test "
+            f"(row {row} is {frame['split'].iloc[row]!r} after {frame['split'].iloc[row - 1]!r})"
+        )
+    return frame

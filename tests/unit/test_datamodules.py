@@ -1,0 +1,314 @@
+"""Unit tests for ImageDataModule and SeriesDataModule on tiny files written in tmp_path,
+plus one-epoch Lightning fits of both models on them (CPU, no logger).
+
+Run: python -m pytest tests/unit/test_datamodules.py -q
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from bigdeep.data.modules import ImageDataModule, SeriesDataModule
+from bigdeep.models.cnn import ImageClassifier
+from bigdeep.models.rnn import SeriesForecaster
+
+torch.set_num_threads(1)  # default threading on a busy 2-core box is far slower
+
+CLASSES = ["zero", "one", "two"]
+IMAGE_ROWS = {"train": 40, "val": 12, "test": 9}
+SERIES_ROWS = {"train": 60, "val": 20, "test": 20}  # rows 0..59, 60..79, 80..99
+
+
+def write_images(data_dir: Path, size: tuple[int, int] = (28, 28)) -> Path:
+    """Image i of a split is filled with the value (offset + i) and labelled i % 3."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    (data_dir / "classes.json").write_text(json.dumps(CLASSES))
+    offset = 0
+    for split, n in IMAGE_ROWS.items():
+        values = np.arange(offset, offset + n, dtype=np.uint8)
+        x = np.broadcast_to(values[:, None, None], (n, *size)).copy()  # (N, H, W)
+        y = np.arange(n, dtype=np.int64) % len(CLASSES)
+        ids = np.array([f"{split}-{i:04d}" for i in range(n)])
+        np.savez(data_dir / f"{split}.npz", x=x, y=y, ids=ids)
+        offset += n
+    return data_dir
+
+
+def write_series(data_dir: Path, rows: dict[str, int] = SERIES_ROWS) -> Path:
+    """target = row index and Temperature = -10 * row index, so every window is known."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    n = sum(rows.values())
+    frame = pd.DataFrame(
+        {
+            "timestamp": pd.date_range("2024-01-01", periods=n, freq="1h", tz="UTC"),
+            "Demand": np.arange(n, dtype=np.float64),
+            "Temperature": -10.0 * np.arange(n),
+            "split": np.repeat(list(rows), list(rows.values())),
+        }
+    )
+    frame.to_parquet(data_dir / "series.parquet", index=False)
+    meta = {
+        "target": "Demand",
+        "features": ["Temperature"],
+        "scaler": {"Demand": {"mean": 100.0, "std": 10.0}, "Temperature": {"mean": 0, "std": 1}},
+        "freq": "1h",
+    }
+    (data_dir / "meta.json").write_text(json.dumps(meta))
+    return data_dir
+
+
+def _all(loader) -> tuple[torch.Tensor, torch.Tensor]:
+    xs, ys = zip(*loader, strict=True)
+    return torch.cat(xs), torch.cat(ys)
+
+
+def _trainer(**kwargs) -> pl.Trainer:
+    return pl.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        deterministic=True,
+        **kwargs,
+    )
+
+
+@pytest.fixture(autouse=True)
+def _quiet_lightning():
+    with warnings.catch_warnings():
+        # "does not have many workers": num_workers=0 is the right choice for in-memory data.
+        warnings.filterwarnings("ignore", ".*does not have many workers.*")
+        yield
+
+
+# --- images ---------------------------------------------------------------------------------
+
+
+def test_images_load_as_scaled_float_tensors(tmp_path: Path):
+    dm = ImageDataModule(write_images(tmp_path, size=(28, 20)), batch_size=8)
+    dm.setup("fit")
+    assert dm.classes == CLASSES and dm.num_classes == 3 and dm.image_size == (28, 20)
+    x, y = _all(dm.val_dataloader())  # val is not shuffled: row order
+    assert x.shape == (12, 1, 28, 20) and x.dtype == torch.float32
+    assert y.dtype == torch.int64 and y.tolist() == [i % 3 for i in range(12)]
+    # val image i was filled with 40 + i (train took values 0..39)
+    torch.testing.assert_close(x[:, 0, 5, 7], (40 + torch.arange(12)) / 255.0)
+    assert list(dm.ids["test"][:2]) == ["test-0000", "test-0001"]
+
+
+def test_images_train_is_shuffled_by_seed_and_covers_each_image_once(tmp_path: Path):
+    write_images(tmp_path)
+
+    def train_order(seed: int) -> list[int]:
+        dm = ImageDataModule(tmp_path, batch_size=16, seed=seed)
+        dm.setup("fit")
+        x, _ = _all(dm.train_dataloader())
+        return (x[:, 0, 0, 0] * 255).round().int().tolist()  # the image's fill value = row
+
+    order = train_order(seed=1)
+    assert sorted(order) == list(range(40))  # every train image once, nothing else
+    assert order != list(range(40))  # shuffled
+    assert train_order(seed=1) == order  # same seed, same order
+    assert train_order(seed=2) != order
+
+
+def test_images_batches_keep_image_and_label_together(tmp_path: Path):
+    dm = ImageDataModule(write_images(tmp_path), batch_size=16)
+    dm.setup("fit")
+    sizes = []
+    for x, y in dm.train_dataloader():
+        rows = (x[:, 0, 0, 0] * 255).round().long()
+        assert torch.equal(y, rows % 3)  # label of train row i is i % 3
+        sizes.append(len(y))
+    assert sizes == [16, 16, 8]
+
+
+def test_images_missing_file_is_named(tmp_path: Path):
+    write_images(tmp_path)
+    (tmp_path / "val.npz").unlink()
+    with pytest.raises(FileNotFoundError, match=r"val\.npz: not found"):
+        ImageDataModule(tmp_path).setup("fit")
+
+
+def test_images_corrupt_file_is_named(tmp_path: Path):
+    write_images(tmp_path)
+    (tmp_path / "test.npz").write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(ValueError, match=r"test\.npz: unreadable or corrupt"):
+        ImageDataModule(tmp_path).setup("fit")
+
+
+def test_images_label_outside_classes_is_named(tmp_path: Path):
+    write_images(tmp_path)
+    x = np.zeros((2, 28, 28), np.uint8)
+    np.savez(tmp_path / "train.npz", x=x, y=np.array([0, 3]), ids=np.array(["a", "b"]))
+    with pytest.raises(ValueError, match=r"train\.npz: label 3 at row 1 is outside 0\.\.2"):
+        ImageDataModule(tmp_path).setup("fit")
+
+
+# --- series ---------------------------------------------------------------------------------
+
+
+def test_series_windows_and_labels_align_with_rows(tmp_path: Path):
+    dm = SeriesDataModule(write_series(tmp_path), window=5, horizon=2, batch_size=7)
+    dm.setup("fit")
+    assert (dm.target, dm.features, dm.n_features) == ("Demand", ["Temperature"], 2)
+    x, y = _all(dm.val_dataloader())
+    # val rows 60..79: first target row 60 (inputs reach back into train), last 78 (78, 79)
+    assert x.shape == (19, 5, 2) and y.shape == (19, 2)
+    t = 60 + torch.arange(19, dtype=torch.float32)
+    expected_inputs = t[:, None] + torch.arange(-5, 0)  # (19, 5): rows t-5 .. t-1
+    torch.testing.assert_close(x[:, :, 0], expected_inputs)
+    torch.testing.assert_close(x[:, :, 1], -10 * expected_inputs)
+    torch.testing.assert_close(y, torch.stack([t, t + 1], dim=1))
+
+
+def test_series_sample_counts_per_split(tmp_path: Path):
+    dm = SeriesDataModule(write_series(tmp_path), window=5, horizon=2)
+    dm.setup("fit")
+    # train t in 5..58 (needs 5 past rows; labels t, t+1 <= 59), val 60..78, test 80..98
+    assert dm.rows["train"][[0, -1]].tolist() == [5, 58]
+    assert dm.rows["val"][[0, -1]].tolist() == [60, 78]
+    assert dm.rows["test"][[0, -1]].tolist() == [80, 98]
+    assert [len(dm.rows[s]) for s in ("train", "val", "test")] == [54, 19, 19]
+
+
+def test_series_no_label_from_another_split(tmp_path: Path):  # data leak
+    dm = SeriesDataModule(write_series(tmp_path), window=5, horizon=3, batch_size=8)
+    dm.setup("fit")
+    bounds = {"train": (0, 59), "val": (60, 79), "test": (80, 99)}
+    for split, loader in [("train", dm.train_dataloader()), ("val", dm.val_dataloader())]:
+        _, y = _all(loader)  # label values are row indices
+        low, high = bounds[split]
+        assert y.min().item() >= low and y.max().item() <= high, split
+
+
+def test_series_train_is_shuffled_val_is_not(tmp_path: Path):
+    dm = SeriesDataModule(write_series(tmp_path), window=5, batch_size=8, seed=3)
+    dm.setup("fit")
+    _, y_train = _all(dm.train_dataloader())
+    assert sorted(y_train[:, 0].tolist()) == list(range(5, 60))
+    assert y_train[:, 0].tolist() != list(range(5, 60))
+    _, y_val = _all(dm.val_dataloader())
+    assert y_val[:, 0].tolist() == list(range(60, 80))
+
+
+def test_series_split_frame_matches_loader(tmp_path: Path):
+    dm = SeriesDataModule(write_series(tmp_path), window=5, horizon=2, batch_size=4)
+    dm.setup("test")
+    frame = dm.split_frame("test")
+    _, y = _all(dm.test_dataloader())
+    np.testing.assert_array_equal(frame.y_true, y.numpy())
+    assert frame.rows.tolist() == list(range(80, 99))
+    assert frame.timestamps[0] == pd.Timestamp("2024-01-01", tz="UTC") + pd.Timedelta(hours=80)
+    # naive baseline (last seen value) is target[row - 1] = row - 1 here
+    np.testing.assert_array_equal(dm.target_values[frame.rows - 1], frame.rows - 1)
+
+
+def test_series_inverse_target_uses_meta_scaler(tmp_path: Path):
+    dm = SeriesDataModule(write_series(tmp_path))
+    dm.setup("fit")
+    np.testing.assert_allclose(dm.inverse_target(np.array([0.0, 1.0, -2.0])), [100, 110, 80])
+    torch.testing.assert_close(dm.inverse_target(torch.tensor([0.5])), torch.tensor([105.0]))
+
+
+def test_series_split_too_short_names_split_and_numbers(tmp_path: Path):
+    write_series(tmp_path, rows={"train": 60, "val": 2, "test": 20})
+    with pytest.raises(ValueError, match=r"split 'val' has 2 rows.*window=5, horizon=3"):
+        SeriesDataModule(tmp_path, window=5, horizon=3).setup("fit")
+
+
+def test_series_splits_out_of_time_order_is_an_error(tmp_path: Path):
+    write_series(tmp_path, rows={"train": 30, "val": 10, "test": 10})
+    frame = pd.read_parquet(tmp_path / "series.parquet")
+    frame.loc[45, "split"] = "val"  # test rows are 40..49
+    frame.to_parquet(tmp_path / "series.parquet", index=False)
+    with pytest.raises(ValueError, match=r"not in time order.*row 45 is 'val' after 'test'"):
+        SeriesDataModule(tmp_path, window=5).setup("fit")
+
+
+def test_series_nan_is_named_with_row_and_column(tmp_path: Path):
+    write_series(tmp_path)
+    frame = pd.read_parquet(tmp_path / "series.parquet")
+    frame.loc[42, "Temperature"] = np.nan
+    frame.to_parquet(tmp_path / "series.parquet", index=False)
+    with pytest.raises(ValueError, match=r"'Temperature' is nan at row 42"):
+        SeriesDataModule(tmp_path).setup("fit")
+
+
+def test_series_missing_meta_is_named(tmp_path: Path):
+    write_series(tmp_path)
+    (tmp_path / "meta.json").unlink()
+    with pytest.raises(FileNotFoundError, match=r"meta\.json: not found"):
+        SeriesDataModule(tmp_path).setup("fit")
+
+
+# --- Lightning fits on the data modules -----------------------------------------------------
+
+
+def _cnn_fit(data_dir: Path, seed: int) -> tuple[ImageClassifier, pl.Trainer]:
+    pl.seed_everything(seed, verbose=False)
+    dm = ImageDataModule(data_dir, batch_size=8, seed=seed)
+    dm.setup("fit")
+    model = ImageClassifier(num_classes=dm.num_classes, conv=[4, 8, 8], dense=8)
+    trainer = _trainer()
+    trainer.fit(model, datamodule=dm)
+    return model, trainer
+
+
+def test_cnn_fit_logs_epoch_metrics_and_exact_val_accuracy(tmp_path: Path):
+    model, trainer = _cnn_fit(write_images(tmp_path), seed=0)
+    metrics = trainer.callback_metrics
+    assert {"train_loss", "train_acc", "val_loss", "val_acc"} <= set(metrics)
+    assert not any(k.endswith("_step") for k in metrics)  # per-epoch logging only
+    # val has 12 images in batches of 8 and 4: the logged value must be the per-sample mean.
+    dm = ImageDataModule(tmp_path)
+    dm.setup("test")
+    x, y = dm.tensors["val"]
+    with torch.no_grad():
+        expected = (model(x).argmax(1) == y).float().mean()
+    torch.testing.assert_close(metrics["val_acc"], expected)
+    (result,) = trainer.test(model, datamodule=dm, verbose=False)
+    assert set(result) == {"test_loss", "test_acc"}
+
+
+def test_cnn_checkpoint_loads_with_weights_only(tmp_path: Path):
+    model, trainer = _cnn_fit(write_images(tmp_path / "data"), seed=0)
+    trainer.save_checkpoint(tmp_path / "last.ckpt")
+    loaded = ImageClassifier.load_from_checkpoint(tmp_path / "last.ckpt", weights_only=True)
+    assert loaded.hparams.conv == model.hparams.conv and loaded.hparams.dense == 8
+    x = torch.rand(3, 1, 28, 28)
+    torch.testing.assert_close(loaded.eval()(x), model.eval()(x))
+
+
+def test_rnn_fit_logs_epoch_metrics(tmp_path: Path):
+    pl.seed_everything(0, verbose=False)
+    dm = SeriesDataModule(write_series(tmp_path), window=6, horizon=2, batch_size=16)
+    dm.setup("fit")
+    model = SeriesForecaster(n_features=dm.n_features, layers=2, hidden=8, horizon=2)
+    before = model.net.head.weight.detach().clone()
+    trainer = _trainer()
+    trainer.fit(model, datamodule=dm)
+    assert {"train_loss", "train_mae", "val_loss", "val_mae"} <= set(trainer.callback_metrics)
+    assert not torch.equal(before, model.net.head.weight)  # it trained
+    (result,) = trainer.test(model, datamodule=dm, verbose=False)
+    assert set(result) == {"test_loss", "test_mae"} and result["test_loss"] > 0
+
+
+def test_seeded_fits_are_identical(tmp_path: Path):
+    write_images(tmp_path)
+    a, _ = _cnn_fit(tmp_path, seed=7)
+    b, _ = _cnn_fit(tmp_path, seed=7)
+    c, _ = _cnn_fit(tmp_path, seed=8)
+    for (name, wa), wb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(wa, wb), name
+    assert not torch.equal(a.net[0].weight, c.net[0].weight)  # the seed matters
