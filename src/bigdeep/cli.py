@@ -97,15 +97,23 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from bigdeep.train import train_cnn, train_rnn
+    from bigdeep.train import Paths, train_cnn, train_rnn
 
     fit = {"cnn": train_cnn, "rnn": train_rnn}[args.model]
-    report = Path(args.report) if args.report else None
-    plots = Path(args.plots or f"reports/train/{args.model}")
-    result = fit(
-        _settings(args), Path(args.data), Path(args.out), Path(args.metrics), plots, report
+    paths = Paths(
+        data=Path(args.data),
+        out=Path(args.out),
+        metrics=Path(args.metrics),
+        plots=Path(args.plots or f"reports/train/{args.model}"),
+        checkpoints=Path(args.checkpoints or f"checkpoints/{args.model}"),
+        report=Path(args.report) if args.report else None,
     )
-    shown = ", ".join(f"{k}={v:.4g}" for k, v in sorted(result.metrics.items()))
+    result = fit(_settings(args), paths, resume=args.resume)
+    shown = ", ".join(
+        f"{k}={v:.4g}"
+        for k, v in sorted(result.metrics.items())
+        if not k.startswith("test_recall_")
+    )
     print(f"train {args.model}: {shown} (MLflow run {result.run_id})")
     return 0
 
@@ -280,7 +288,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.add_argument("--metrics", required=True)
     s.add_argument("--report", help="the quality report to attach to the run")
-    s.add_argument("--plots", help="folder for learning curves (default reports/train/<model>)")
+    s.add_argument(
+        "--plots", help="folder for curves and evaluation plots (default reports/train/<model>)"
+    )
+    s.add_argument(
+        "--checkpoints", help="folder for last/best checkpoints (default checkpoints/<model>)"
+    )
+    g = s.add_mutually_exclusive_group()
+    g.add_argument(
+        "--resume",
+        action="store_true",
+        default=None,
+        help="continue the unfinished run (default: automatically when params and data match)",
+    )
+    g.add_argument(
+        "--no-resume", dest="resume", action="store_false", help="always start a new run"
+    )
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("run", help="run the whole pipeline (Prefect flow over DVC stages)")
@@ -334,13 +357,21 @@ def main(argv: list[str] | None = None) -> int:
     from bigdeep.prepare import PrepareError
     from bigdeep.servers import ServerError
     from bigdeep.tracking import TrackingError
+    from bigdeep.train import ResumeError
 
     try:
         return args.func(args)
     except (ConfigError, MisconfigurationException) as e:
         print(f"bigdeep {args.command}: config error: {e}", file=sys.stderr)
         return EXIT_CONFIG
-    except (SourceError, PrepareError, TrackingError, ServerError, FileNotFoundError) as e:
+    except (
+        SourceError,
+        PrepareError,
+        TrackingError,
+        ServerError,
+        ResumeError,
+        FileNotFoundError,
+    ) as e:
         print(f"bigdeep {args.command}: error: {e}", file=sys.stderr)
         return EXIT_FAILED
 

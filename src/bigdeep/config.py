@@ -171,6 +171,7 @@ class CNNParams(Strict):
     lr: float = Field(1e-3, gt=0)
     conv: list[int] = [32, 64, 64]
     dense: int = Field(64, ge=1)
+    patience: int = Field(3, ge=1)  # early stopping: epochs without a better val_loss
 
 
 class RNNParams(Strict):
@@ -184,6 +185,7 @@ class RNNParams(Strict):
     batch_size: int = Field(64, ge=1)
     lr: float = Field(1e-3, gt=0)
     seasonal_period: int = Field(24, ge=1)  # for the seasonal-naive baseline
+    patience: int = Field(3, ge=1)  # early stopping: epochs without a better val_loss
 
 
 class TrainSettings(Strict):

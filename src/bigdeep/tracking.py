@@ -77,7 +77,10 @@ def ensure_experiment(cfg: MlflowSettings):
 
 
 @contextlib.contextmanager
-def start_run(cfg: MlflowSettings, run_name: str, tags: dict[str, str]) -> Iterator[tuple]:
+def start_run(
+    cfg: MlflowSettings, run_name: str, tags: dict[str, str], run_id: str | None = None
+) -> Iterator[tuple]:
+    """A new run, or (run_id given) the same run continued after a crash."""
     import mlflow
 
     client, exp_id = ensure_experiment(cfg)
@@ -86,6 +89,10 @@ def start_run(cfg: MlflowSettings, run_name: str, tags: dict[str, str]) -> Itera
         extra["bigdeep.prefect_flow_run_id"] = os.environ["BIGDEEP_FLOW_RUN_ID"]
     if os.environ.get("DVC_EXP_NAME"):
         extra["bigdeep.dvc_experiment"] = os.environ["DVC_EXP_NAME"]
+    if run_id is not None:
+        with mlflow.start_run(run_id=run_id) as run:
+            yield run, client
+        return
     with mlflow.start_run(experiment_id=exp_id, run_name=run_name, tags={**tags, **extra}) as run:
         yield run, client
 

@@ -31,10 +31,11 @@ SMALL = {
 }
 
 
-def run(cmd: list[str], cwd: Path) -> str:
+def run(cmd: list[str], cwd: Path, stderr: bool = True) -> str:
+    """Run a command that must succeed; its stdout (and stderr, unless told not to)."""
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
     assert proc.returncode == 0, f"{cmd} failed:\n{proc.stdout}\n{proc.stderr}"
-    return proc.stdout + proc.stderr
+    return proc.stdout + (proc.stderr if stderr else "")
 
 
 def lock_md5(project: Path, out: str) -> str:

@@ -31,7 +31,7 @@ def test_dvc_exp_run_tags_the_mlflow_run_with_the_experiment(tmp_path, mlflow_ur
     assert [r.data.tags.get("bigdeep.dvc_experiment") for r in runs] == ["one-epoch"]
     assert runs[0].data.params["cnn.epochs"] == "1"
 
-    shown = json.loads(run([*dvc, "exp", "show", "--json"], project))
+    shown = json.loads(run([*dvc, "exp", "show", "--json"], project, stderr=False))
     exps = [
         e for rev in shown for e in (rev.get("experiments") or []) if e.get("name") == "one-epoch"
     ]

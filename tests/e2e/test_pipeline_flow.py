@@ -20,7 +20,7 @@ from tests.e2e.helpers import lock_md5, run
 pytestmark = pytest.mark.e2e
 
 
-def test_flow_trains_logs_skips_and_restores(project_factory, mlflow_uri, monkeypatch, capsys):
+def test_flow_trains_logs_skips_and_restores(project_factory, mlflow_uri):
     import mlflow
     from mlflow.tracking import MlflowClient
 
@@ -82,15 +82,13 @@ def test_flow_trains_logs_skips_and_restores(project_factory, mlflow_uri, monkey
     assert lock_md5(project, "data/raw/images") != first_md5
     assert len(client.search_model_versions("name='bigdeep-cnn'")) == 2
 
-    from bigdeep.cli import main
     from bigdeep.registry import dvc_dir_md5
 
     shutil.rmtree(project / ".dvc" / "cache")
-    monkeypatch.chdir(project)
-    assert main(["restore", "bigdeep-cnn@1"]) == 0
+    cli = [sys.executable, "-m", "bigdeep.cli"]
+    assert "restored images" in run([*cli, "restore", "bigdeep-cnn@1"], project)
     assert dvc_dir_md5(project / "data/raw/images") == first_md5
-    assert main(["lineage", "bigdeep-cnn@champion"]) == 0
-    shown = json.loads(capsys.readouterr().out.split("\n", 1)[1])  # after "restored ..." line
+    shown = json.loads(run([*cli, "lineage", "bigdeep-cnn@champion"], project, stderr=False))
     assert shown["data"]["images.md5"] in {first_md5, lock_md5(project, "data/raw/images")}
     assert shown["git_commit"] == run(["git", "rev-parse", "HEAD"], project).strip()
 

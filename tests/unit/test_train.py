@@ -1,0 +1,150 @@
+"""Training stage on tiny real data: deterministic, resumable after SIGKILL into one MLflow run,
+evaluation artifacts written, config errors named."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from bigdeep.config import Settings
+from bigdeep.ingest import ingest_images
+from bigdeep.prepare import prepare_images
+from bigdeep.train import Paths, train_cnn
+
+TINY = {
+    "data": {"images": {"per_class": 8}},
+    "train": {"cnn": {"epochs": 2, "batch_size": 16, "conv": [4, 8, 8], "dense": 16}},
+}
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("images")
+    s = Settings.model_validate(TINY)
+    ingest_images(s, root / "raw")
+    (root / "q").mkdir()
+    prepare_images(
+        root / "raw",
+        root / "q",
+        root / "processed",
+        s.prepare.images,
+        s.quality.images.classes,
+        s.seed,
+    )
+    return root / "processed"
+
+
+def paths(tmp_path: Path, data: Path, name: str = "a") -> Paths:
+    base = tmp_path / name
+    return Paths(
+        data=data,
+        out=base / "model",
+        metrics=base / "metrics.json",
+        plots=base / "plots",
+        checkpoints=base / "ckpt",
+        lock=base / "dvc.lock",
+    )
+
+
+def test_same_data_params_seed_give_identical_metrics(images, tmp_path, mlflow_uri):
+    s = Settings.model_validate(TINY)
+    a = train_cnn(s, paths(tmp_path, images, "a"))
+    b = train_cnn(s, paths(tmp_path, images, "b"))
+    assert a.run_id != b.run_id
+    assert a.metrics == b.metrics
+    client = MlflowClient(mlflow_uri)
+    # the second, identical model does not beat the champion: it is the challenger
+    assert str(client.get_model_version_by_alias("bigdeep-cnn", "champion").version) == "1"
+    assert str(client.get_model_version_by_alias("bigdeep-cnn", "challenger").version) == "2"
+
+
+def test_evaluation_artifacts(images, tmp_path, mlflow_uri):
+    p = paths(tmp_path, images)
+    result = train_cnn(Settings.model_validate(TINY), p)
+    confusion = (p.plots / "confusion.csv").read_text().splitlines()
+    assert confusion[0] == "actual,predicted" and len(confusion) - 1 == 20  # one row per test image
+    correct = sum(a == b for a, b in (line.split(",") for line in confusion[1:]))
+    assert correct / 20 == pytest.approx(result.metrics["test_acc"])
+    history = (p.plots / "history.csv").read_text().splitlines()
+    assert history[0].split(",")[:2] == ["epoch", "train_acc"] and len(history) == 3  # 2 epochs
+    artifacts = {a.path for a in MlflowClient(mlflow_uri).list_artifacts(result.run_id, "plots")}
+    assert {
+        "plots/confusion_matrix.png",
+        "plots/learning_curve.png",
+        "plots/per_class.csv",
+    } <= artifacts
+    run = json.loads((p.out / "run.json").read_text())
+    assert run["run_id"] == result.run_id and run["registry"]["alias"] == "champion"
+
+
+def test_sigkill_then_resume_finishes_the_same_run(images, tmp_path, mlflow_uri):
+    params = yaml.safe_load(yaml.safe_dump(TINY))
+    params["train"]["cnn"].update(epochs=12, patience=12)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    cmd = [
+        sys.executable,
+        "-m",
+        "bigdeep.cli",
+        "train",
+        "cnn",
+        "--data",
+        str(images),
+        "--out",
+        "model",
+        "--metrics",
+        "metrics.json",
+        "--plots",
+        "plots",
+        "--checkpoints",
+        "ckpt",
+    ]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = tmp_path / "ckpt" / "last.ckpt"
+    deadline = time.monotonic() + 300
+    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    state = json.loads((tmp_path / "ckpt" / "state.json").read_text())
+    assert state["complete"] is False, "the run finished before it could be killed"
+    client = MlflowClient(mlflow_uri)
+    assert client.get_run(state["run_id"]).info.status == "RUNNING"  # died mid-run
+
+    resumed = subprocess.run([*cmd, "--resume"], cwd=tmp_path, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    runs = client.search_runs([client.get_experiment_by_name("bigdeep").experiment_id])
+    assert [r.info.run_id for r in runs] == [state["run_id"]]  # one run, continued
+    run = runs[0]
+    assert run.info.status == "FINISHED" and run.data.tags["bigdeep.resumed_from"].endswith(
+        "last.ckpt"
+    )
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")] == list(
+        range(12)
+    )
+
+    # an uninterrupted run of the same job ends at the same epoch and step
+    reference = train_cnn(Settings.model_validate(params), paths(tmp_path, images, "reference"))
+    assert run.data.metrics["trained_epochs"] == reference.metrics["trained_epochs"] == 12
+    assert run.data.metrics["trained_steps"] == reference.metrics["trained_steps"]
+    assert os.path.exists(tmp_path / "model" / "model.pt")
+
+
+def test_resume_without_a_checkpoint_is_a_clear_error(images, tmp_path, mlflow_uri, monkeypatch):
+    from bigdeep.cli import main
+
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(TINY))
+    monkeypatch.chdir(tmp_path)
+    code = main(
+        ["train", "cnn", "--data", str(images), "--out", "m", "--metrics", "m.json", "--resume"]
+    )
+    assert code == 1
+    assert not (tmp_path / "m" / "model.pt").exists()
