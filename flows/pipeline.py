@@ -56,6 +56,38 @@ class DatasetSummary:
     stages: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class StageFiles:
+    """The files the flow reads, taken from dvc.yaml: one fact in one place."""
+
+    fingerprint: str  # ingest's first dependency: data/sources/<dataset>.json
+    raw: str  # ingest's output: data/raw/<dataset>
+    report: str  # validate's metric: reports/quality/<dataset>.json
+    metrics: str  # train's metric: metrics/<model>.json
+    model_dir: str  # train's first output: models/<model> (run.json inside)
+
+
+def stage_files(project: Path, dataset: str) -> StageFiles:
+    import yaml
+
+    stages = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
+
+    def body(name: str) -> dict:
+        return stages[name].get("do") or stages[name]  # a foreach stage keeps its body in `do`
+
+    def path(entry) -> str:
+        return (next(iter(entry)) if isinstance(entry, dict) else entry).replace("${item}", dataset)
+
+    train = body(f"train_{MODELS[dataset]}")
+    return StageFiles(
+        fingerprint=path(body("ingest")["deps"][0]),
+        raw=path(body("ingest")["outs"][0]),
+        report=path(body("validate")["metrics"][0]),
+        metrics=path(train["metrics"][0]),
+        model_dir=path(train["outs"][0]),
+    )
+
+
 def _dvc(project: Path, *args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ)
     # `bigdeep` (the stages' cmd) lives beside this interpreter, in the project's venv.
@@ -115,7 +147,7 @@ def scan(project_dir: str, dataset: str) -> bool:
     project = Path(project_dir)
     source = getattr(load_settings(project / "params.yaml").data, dataset).source
     changed = write_fingerprint(
-        source, project / "data" / "sources" / f"{dataset}.json", root=project
+        source, project / stage_files(project, dataset).fingerprint, root=project
     )
     get_run_logger().info(
         "%s: source %s %s", dataset, source, "changed" if changed else "unchanged"
@@ -136,7 +168,7 @@ def ingest(project_dir: str, dataset: str) -> StageRun:
 def gate(project_dir: str, dataset: str) -> tuple[StageRun, dict]:
     """Run `validate@<dataset>` and read its report; a failed gate stops this dataset."""
     result = reproduce.fn(project_dir, f"validate@{dataset}")
-    report_path = Path(project_dir) / "reports" / "quality" / f"{dataset}.json"
+    report_path = Path(project_dir) / stage_files(Path(project_dir), dataset).report
     report = json.loads(report_path.read_text()) if report_path.exists() else {}
     if result.returncode != 0 and report.get("passed") is not False:
         raise StageFailed(f"validate@{dataset} failed:\n{result.output[-2000:]}")
@@ -150,7 +182,7 @@ def summarize(project_dir: str, summaries: list[DatasetSummary]) -> str:
     outs = lock_outs(Path(project_dir) / "dvc.lock")
     lines = ["# bigdeep pipeline", ""]
     for s in summaries:
-        s.version = outs.get(f"data/raw/{s.dataset}")
+        s.version = outs.get(stage_files(Path(project_dir), s.dataset).raw)
         gate_word = {True: "PASSED", False: "FAILED", None: "not run"}[s.gate_passed]
         lines.append(f"## {s.dataset}: gate {gate_word}, version {s.version or '-'}")
         lines.append("")
@@ -206,8 +238,9 @@ def pipeline(project_dir: str = ".", datasets: list[str] | None = None) -> list[
                 if result.returncode != 0:
                     raise StageFailed(f"{stage} failed:\n{result.output[-2000:]}")
             s.model = model
-            s.metrics = json.loads((Path(project) / "metrics" / f"{model}.json").read_text())
-            s.run = json.loads((Path(project) / "models" / model / "run.json").read_text())
+            files = stage_files(Path(project), dataset)
+            s.metrics = json.loads((Path(project) / files.metrics).read_text())
+            s.run = json.loads((Path(project) / files.model_dir / "run.json").read_text())
         except StageFailed as e:
             errors.append(str(e))
     if any(s.model for s in summaries):
@@ -218,7 +251,9 @@ def pipeline(project_dir: str = ".", datasets: list[str] | None = None) -> list[
     )
     print(text)
     if failed_gates:
-        raise GateFailed(f"quality gate failed for {', '.join(failed_gates)}: see reports/quality/")
+        raise GateFailed(
+            f"quality gate failed for {', '.join(failed_gates)}: see the reports above"
+        )
     if errors:
         raise StageFailed("\n".join(errors))
     return [asdict(s) for s in summaries]
