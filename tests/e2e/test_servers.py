@@ -72,13 +72,9 @@ def serve(project: Path, servers) -> subprocess.Popen:
         "--project",
         str(project),
     ]
+    log = open(project.parent / "serve.log", "wb")  # noqa: SIM115 - a pipe nobody reads would fill and block it
     return subprocess.Popen(
-        cmd,
-        cwd=project,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
+        cmd, cwd=project, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
 
 
