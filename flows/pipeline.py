@@ -138,6 +138,18 @@ def push_data(project_dir: str) -> str:
     return proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
 
 
+@task(name="apply-params")
+def apply_params(project_dir: str, overrides: dict[str, str]) -> bool:
+    """Write the run's parameter overrides into params.yaml (validated; comments kept)."""
+    from bigdeep.config import apply_overrides
+
+    changed = apply_overrides(Path(project_dir) / "params.yaml", overrides)
+    get_run_logger().info(
+        "params overrides %s: %s", overrides, "applied" if changed else "already in place"
+    )
+    return changed
+
+
 @task(name="scan", retries=2, retry_delay_seconds=5)
 def scan(project_dir: str, dataset: str) -> bool:
     """Fingerprint the source (new files in a folder?); True when it changed since last run."""
@@ -208,9 +220,18 @@ def summarize(project_dir: str, summaries: list[DatasetSummary]) -> str:
 
 
 @flow(name="bigdeep-pipeline", log_prints=True)
-def pipeline(project_dir: str = ".", datasets: list[str] | None = None) -> list[dict]:
-    """ingest -> validate (gate) -> prepare -> train, per dataset; Failed if any gate fails."""
+def pipeline(
+    project_dir: str = ".",
+    datasets: list[str] | None = None,
+    overrides: dict[str, str] | None = None,
+) -> list[dict]:
+    """ingest -> validate (gate) -> prepare -> train, per dataset; Failed if any gate fails.
+
+    overrides: dotted params.yaml keys to set first, e.g. {"train.cnn.epochs": "3"}.
+    """
     project = str(Path(project_dir).resolve())
+    if overrides:
+        apply_params(project, overrides)
     check_tracking(project)
     summaries = []
     failed_gates, errors = [], []
@@ -259,7 +280,13 @@ def pipeline(project_dir: str = ".", datasets: list[str] | None = None) -> list[
     return [asdict(s) for s in summaries]
 
 
-def serve(project_dir: str, cron: str, datasets: list[str], name: str = "scheduled") -> None:
+def serve(
+    project_dir: str,
+    cron: str,
+    datasets: list[str],
+    overrides: dict[str, str] | None = None,
+    name: str = "scheduled",
+) -> None:
     """Serve the flow as a deployment on the Prefect server (blocks, like a worker).
 
     global_limit=1: two runs never interleave; a second waits until the first is done.
@@ -267,7 +294,7 @@ def serve(project_dir: str, cron: str, datasets: list[str], name: str = "schedul
     pipeline.serve(
         name=name,
         cron=cron,
-        parameters={"project_dir": project_dir, "datasets": datasets},
+        parameters={"project_dir": project_dir, "datasets": datasets, "overrides": overrides or {}},
         global_limit=1,
     )
 

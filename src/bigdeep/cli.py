@@ -124,8 +124,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     from flows.pipeline import pipeline
 
-    state = pipeline(project_dir=str(Path(args.project).resolve()), return_state=True)
+    state = pipeline(
+        project_dir=str(Path(args.project).resolve()),
+        datasets=args.datasets,
+        overrides=_overrides(args.set),
+        return_state=True,
+    )
     return 0 if state.is_completed() else EXIT_FAILED
+
+
+def _overrides(pairs: list[str]) -> dict[str, str]:
+    from bigdeep.config import ConfigError
+
+    out = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {pair!r}: expected KEY=VALUE, e.g. train.cnn.epochs=3")
+        out[key.strip()] = value.strip()
+    return out
 
 
 def _use_servers(state_dir: Path) -> None:
@@ -308,6 +325,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("run", help="run the whole pipeline (Prefect flow over DVC stages)")
     s.add_argument("--project", default=".", help="project folder holding dvc.yaml and params.yaml")
+    s.add_argument("--datasets", nargs="+", choices=["images", "series"], default=None)
+    s.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="set a params.yaml key first (repeatable)",
+    )
     s.set_defaults(func=cmd_run)
 
     s = sub.add_parser("servers", help="Prefect + MLflow servers on 127.0.0.1: up | down | status")
@@ -328,6 +352,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--datasets", nargs="+", choices=["images", "series"], default=["images", "series"]
     )
     s.add_argument("--name", default="scheduled")
+    s.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="params.yaml key for every run (repeatable)",
+    )
     s.add_argument("--project", default=".")
     s.set_defaults(func=cmd_schedule)
 

@@ -78,7 +78,7 @@ def serve(project: Path, servers) -> subprocess.Popen:
     )
 
 
-def trigger(servers, wait: bool = True, timeout: float = 600):
+def trigger(servers, wait: bool = True, timeout: float = 600, parameters: dict | None = None):
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -86,7 +86,12 @@ def trigger(servers, wait: bool = True, timeout: float = 600):
         deadline = time.monotonic() + 60
         while True:  # the served process registers the deployment a moment after it starts
             try:
-                return run_deployment(DEPLOYMENT, timeout=timeout if wait else 0, as_subflow=False)
+                return run_deployment(
+                    DEPLOYMENT,
+                    timeout=timeout if wait else 0,
+                    as_subflow=False,
+                    parameters=parameters,
+                )
             except Exception:
                 if time.monotonic() > deadline:
                     raise
@@ -138,12 +143,10 @@ def test_scheduled_deployment_registers_champion_with_lineage(servers, tmp_path)
         assert second.state.is_completed(), second.state
         assert len(versions(client, "bigdeep-cnn")) == 1
 
-        # a deliberately worse model (one epoch, one batch of 32 of 210 images) stays challenger
-        params = yaml.safe_load((project / "params.yaml").read_text())
-        params["train"]["cnn"]["epochs"] = 1
-        params["train"]["trainer"]["limit_train_batches"] = 1
-        (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-        third = trigger(servers)
+        # a deliberately worse model (one epoch, one batch of 32 of 210 images) stays challenger;
+        # the run's parameter overrides go through the deployment into params.yaml
+        worse = {"train.cnn.epochs": "1", "train.trainer.limit_train_batches": "1"}
+        third = trigger(servers, parameters={"overrides": worse})
         assert third.state.is_completed(), third.state
         vs = versions(client, "bigdeep-cnn")
         assert len(vs) == 2
@@ -172,6 +175,8 @@ def test_scheduled_deployment_registers_champion_with_lineage(servers, tmp_path)
 
         if servers["mlflow"].backend.startswith("postgresql"):
             # two runs at once: the deployment's limit serializes them; one trains, one skips
+            params = yaml.safe_load((project / "params.yaml").read_text())
+            assert params["train"]["cnn"]["epochs"] == 1  # the override landed in the file
             params["train"]["cnn"]["epochs"] = 2
             (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
             a, b = trigger(servers, wait=False), trigger(servers, wait=False)

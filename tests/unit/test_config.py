@@ -52,3 +52,20 @@ def test_broken_yaml_and_missing_file(tmp_path):
         load_settings(tmp_path / "params.yaml")
     with pytest.raises(ConfigError, match="not found"):
         load_settings(tmp_path / "nope.yaml")
+
+
+def test_overrides_keep_comments_validate_and_report_change(tmp_path):
+    from bigdeep.config import apply_overrides
+
+    path = tmp_path / "params.yaml"
+    path.write_text((ROOT / "params.yaml").read_text())
+    assert apply_overrides(path, {"train.cnn.epochs": "3", "data.series.features": "[Temperature]"}) is True
+    assert load_settings(path).train.cnn.epochs == 3
+    assert "# cap per class at ingest" in path.read_text()  # comments survive
+    assert apply_overrides(path, {"train.cnn.epochs": "3"}) is False  # no change, no write
+    before = path.read_text()
+    with pytest.raises(ConfigError, match="train.cnn.epochz: unknown key"):
+        apply_overrides(path, {"train.cnn.epochz": "3"})
+    with pytest.raises(ConfigError, match="unknown key 'trian'"):
+        apply_overrides(path, {"trian.cnn.epochs": "3"})
+    assert path.read_text() == before
