@@ -247,3 +247,44 @@ def _describe(path: Path, e: ValidationError) -> str:
         else:
             lines.append(f"  {key}: {err['msg']} (got {err.get('input')!r})")
     return "\n".join(lines)
+
+
+def apply_overrides(path: str | Path, overrides: dict[str, str]) -> bool:
+    """Set dotted keys in params.yaml (like `dvc exp run -S key=value`), keeping its comments.
+
+    Values are read as YAML (`3` is a number, `[1, 2]` a list). The result is validated
+    before anything is written, so a wrong key fails naming it and leaves the file alone.
+    Returns True when the file changed (an unchanged file keeps DVC's stages skipped).
+    """
+    from ruamel.yaml import YAML
+
+    if not overrides:
+        return False
+    path = Path(path)
+    rt = YAML()
+    doc = rt.load(path.read_text(encoding="utf-8"))
+    for key, text in overrides.items():
+        node, *parents = key.split(".")[::-1]
+        target = doc
+        for part in reversed(parents):
+            if part not in target:
+                raise ConfigError(f"{path}: override {key}: unknown key {part!r}")
+            target = target[part]
+        target[node] = yaml.safe_load(str(text))
+    try:
+        Settings.model_validate(yaml.safe_load(_dump(rt, doc)))
+    except ValidationError as e:
+        raise ConfigError(_describe(path, e)) from None
+    new = _dump(rt, doc)
+    if new == path.read_text(encoding="utf-8"):
+        return False
+    path.write_text(new, encoding="utf-8")
+    return True
+
+
+def _dump(rt, doc) -> str:
+    import io
+
+    buf = io.StringIO()
+    rt.dump(doc, buf)
+    return buf.getvalue()
