@@ -168,7 +168,14 @@ class Trainer(Strict):
 class CNNParams(Strict):
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(64, ge=1)
-    lr: float = Field(1e-3, gt=0)
+    lr: float = Field(3e-3, gt=0)  # peak learning rate under onecycle
+    schedule: Literal["none", "onecycle", "cosine"] = "onecycle"  # bigdeep.models.optim
+    weight_decay: float = Field(0.0, ge=0)  # > 0: AdamW with this decay
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+    augment_rotate: float = Field(10.0, ge=0, le=180)  # train images: degrees, +-
+    augment_shift: float = Field(0.07, ge=0, lt=1)  # fraction of the image, +-
+    augment_scale: float = Field(0.1, ge=0, lt=1)  # relative zoom, +-
+    channels_last: bool = True
     conv: list[int] = [32, 64, 64]
     dense: int = Field(64, ge=1)
     patience: int = Field(3, ge=1)  # early stopping: epochs without a better val_loss
@@ -181,11 +188,30 @@ class RNNParams(Strict):
     dropout: float = Field(0.0, ge=0, lt=1)
     window: int = Field(48, ge=1)  # past steps seen by the model
     horizon: int = Field(1, ge=1)  # steps ahead predicted
+    # cyclic inputs from the timestamps, see bigdeep.data.modules.calendar_features
+    calendar: list[Literal["hour", "weekday", "yearday"]] = ["hour", "weekday"]
+    calendar_tz: str | None = None  # zone of the calendar inputs; null: the timestamps' own
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(64, ge=1)
-    lr: float = Field(1e-3, gt=0)
+    lr: float = Field(3e-3, gt=0)  # peak learning rate under onecycle
+    schedule: Literal["none", "onecycle", "cosine"] = "onecycle"  # bigdeep.models.optim
+    weight_decay: float = Field(0.0, ge=0)  # > 0: AdamW with this decay
+    grad_clip: float = Field(1.0, ge=0)  # largest gradient norm per step; 0: no clipping
     seasonal_period: int = Field(24, ge=1)  # for the seasonal-naive baseline
     patience: int = Field(3, ge=1)  # early stopping: epochs without a better val_loss
+
+    @field_validator("calendar_tz")
+    @classmethod
+    def _known_zone(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{v!r} is not a time zone (e.g. UTC, Australia/Melbourne)") from None
+        return v
 
 
 class TrainSettings(Strict):

@@ -404,7 +404,13 @@ def train_cnn(settings: Settings, paths: Paths, resume: bool | None = None) -> T
     cfg, tcfg = settings.train.cnn, settings.train.trainer
     configure_torch(tcfg, settings.seed)
     dm = ImageDataModule(
-        paths.data, batch_size=cfg.batch_size, num_workers=tcfg.num_workers, seed=settings.seed
+        paths.data,
+        batch_size=cfg.batch_size,
+        num_workers=tcfg.num_workers,
+        seed=settings.seed,
+        augment_rotate=cfg.augment_rotate,
+        augment_shift=cfg.augment_shift,
+        augment_scale=cfg.augment_scale,
     )
     dm.setup("fit")
     model = ImageClassifier(
@@ -413,6 +419,12 @@ def train_cnn(settings: Settings, paths: Paths, resume: bool | None = None) -> T
         dense=cfg.dense,
         lr=cfg.lr,
         image_size=dm.image_size,
+        input_mean=dm.pixel_mean,  # from the train split; travels inside the exported model
+        input_std=dm.pixel_std,
+        schedule=cfg.schedule,
+        weight_decay=cfg.weight_decay,
+        label_smoothing=cfg.label_smoothing,
+        channels_last=cfg.channels_last,
     )
 
     def evaluate_cnn(trainer: pl.Trainer, plots: Path) -> dict[str, float]:
@@ -462,6 +474,8 @@ def train_rnn(settings: Settings, paths: Paths, resume: bool | None = None) -> T
         batch_size=cfg.batch_size,
         num_workers=tcfg.num_workers,
         seed=settings.seed,
+        calendar=list(cfg.calendar),
+        calendar_tz=cfg.calendar_tz,
     )
     dm.setup("fit")
     model = SeriesForecaster(
@@ -472,6 +486,9 @@ def train_rnn(settings: Settings, paths: Paths, resume: bool | None = None) -> T
         dropout=cfg.dropout,
         horizon=cfg.horizon,
         lr=cfg.lr,
+        schedule=cfg.schedule,
+        weight_decay=cfg.weight_decay,
+        grad_clip=cfg.grad_clip,
     )
 
     def evaluate_rnn(trainer: pl.Trainer, plots: Path) -> dict[str, float]:
@@ -499,7 +516,10 @@ def train_rnn(settings: Settings, paths: Paths, resume: bool | None = None) -> T
         model=model,
         epochs=cfg.epochs,
         patience=cfg.patience,
-        params={f"rnn.{k}": v for k, v in cfg.model_dump().items()},
+        params={
+            **{f"rnn.{k}": v for k, v in cfg.model_dump().items()},
+            "rnn.input_columns": ",".join(dm.input_columns),  # what a served model expects
+        },
         history_keys=("train_loss", "train_mae", "val_loss", "val_mae"),
         evaluate=evaluate_rnn,
         export=export,

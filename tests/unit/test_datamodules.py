@@ -15,8 +15,16 @@ import pandas as pd
 import pytest
 import pytorch_lightning as pl
 import torch
+from pydantic import ValidationError
 
-from bigdeep.data.modules import ImageDataModule, SeriesDataModule
+from bigdeep.config import RNNParams
+from bigdeep.data.modules import (
+    Affine,
+    ImageDataModule,
+    SeriesDataModule,
+    calendar_features,
+    random_affine,
+)
 from bigdeep.models.cnn import ImageClassifier
 from bigdeep.models.rnn import SeriesForecaster
 
@@ -25,6 +33,7 @@ torch.set_num_threads(1)  # default threading on a busy 2-core box is far slower
 CLASSES = ["zero", "one", "two"]
 IMAGE_ROWS = {"train": 40, "val": 12, "test": 9}
 SERIES_ROWS = {"train": 60, "val": 20, "test": 20}  # rows 0..59, 60..79, 80..99
+NO_AUGMENT = {"augment_rotate": 0.0, "augment_shift": 0.0, "augment_scale": 0.0}
 
 
 def write_images(data_dir: Path, size: tuple[int, int] = (28, 28)) -> Path:
@@ -110,7 +119,7 @@ def test_images_train_is_shuffled_by_seed_and_covers_each_image_once(tmp_path: P
     write_images(tmp_path)
 
     def train_order(seed: int) -> list[int]:
-        dm = ImageDataModule(tmp_path, batch_size=16, seed=seed)
+        dm = ImageDataModule(tmp_path, batch_size=16, seed=seed, **NO_AUGMENT)
         dm.setup("fit")
         x, _ = _all(dm.train_dataloader())
         return (x[:, 0, 0, 0] * 255).round().int().tolist()  # the image's fill value = row
@@ -123,7 +132,7 @@ def test_images_train_is_shuffled_by_seed_and_covers_each_image_once(tmp_path: P
 
 
 def test_images_batches_keep_image_and_label_together(tmp_path: Path):
-    dm = ImageDataModule(write_images(tmp_path), batch_size=16)
+    dm = ImageDataModule(write_images(tmp_path), batch_size=16, **NO_AUGMENT)
     dm.setup("fit")
     sizes = []
     for x, y in dm.train_dataloader():
@@ -131,6 +140,53 @@ def test_images_batches_keep_image_and_label_together(tmp_path: Path):
         assert torch.equal(y, rows % 3)  # label of train row i is i % 3
         sizes.append(len(y))
     assert sizes == [16, 16, 8]
+
+
+def test_images_augmentation_is_train_only_seeded_and_keeps_labels(tmp_path: Path):
+    write_images(tmp_path)
+
+    def train_batches(seed: int) -> tuple[ImageDataModule, torch.Tensor, torch.Tensor]:
+        dm = ImageDataModule(tmp_path, batch_size=16, seed=seed)  # default augmentation
+        dm.setup("fit")
+        return dm, *_all(dm.train_dataloader())
+
+    dm, x, y = train_batches(seed=1)
+    rows = (x[:, 0, 14, 14] * 255).round().long()  # the centre of a flat image keeps its value
+    assert sorted(rows.tolist()) == list(range(40)) and torch.equal(y, rows % 3)
+    moved = (x != dm.tensors["train"][0][rows]).flatten(1).any(dim=1)  # (40,)
+    assert moved[rows > 0].all()  # every image but the all-black one lost some border pixels
+    assert x.min() >= 0 and x.max() <= 1
+    assert torch.equal(train_batches(seed=1)[1], x)  # same seed, same augmentations
+    assert not torch.equal(train_batches(seed=2)[1], x)
+    assert torch.equal(_all(dm.train_dataloader())[0], x)  # a new loader replays the stream
+    for split in ("val", "test"):  # never augmented
+        xs, ys = _all(getattr(dm, f"{split}_dataloader")())
+        assert torch.equal(xs, dm.tensors[split][0]) and torch.equal(ys, dm.tensors[split][1])
+
+
+def test_random_affine_stays_within_its_ranges():
+    x = torch.zeros(64, 1, 21, 21)
+    x[:, 0, 10, 10] = 1.0  # one bright pixel at the centre
+    g = torch.Generator().manual_seed(0)
+    torch.testing.assert_close(random_affine(x, Affine(), g), x)  # zero ranges: identity
+    shifted = random_affine(x, Affine(shift=0.1), g)  # up to 2.1 px each way, no rotation
+    grid = torch.arange(21.0)
+    mass = shifted[:, 0].sum(dim=(1, 2))
+    row = (shifted[:, 0].sum(dim=2) * grid).sum(dim=1) / mass  # (64,) centroids
+    col = (shifted[:, 0].sum(dim=1) * grid).sum(dim=1) / mass
+    torch.testing.assert_close(mass, torch.ones(64))  # moved, not lost
+    assert (row - 10).abs().max() <= 2.1 and (col - 10).abs().max() <= 2.1
+    assert (row - 10).abs().max() > 1 and (col - 10).abs().max() > 1  # and it does move
+    with pytest.raises(ValueError, match=r"shift 1\.5"):
+        Affine(shift=1.5)
+
+
+def test_images_pixel_statistics_come_from_train(tmp_path: Path):
+    dm = ImageDataModule(write_images(tmp_path))
+    dm.setup("fit")
+    fills = np.arange(40) / 255.0  # train image i is filled with i
+    assert dm.pixel_mean == pytest.approx(fills.mean())
+    assert dm.pixel_std == pytest.approx(fills.std(), rel=1e-3)  # over all 40 x 784 pixels
 
 
 def test_images_missing_file_is_named(tmp_path: Path):
@@ -159,7 +215,7 @@ def test_images_label_outside_classes_is_named(tmp_path: Path):
 
 
 def test_series_windows_and_labels_align_with_rows(tmp_path: Path):
-    dm = SeriesDataModule(write_series(tmp_path), window=5, horizon=2, batch_size=7)
+    dm = SeriesDataModule(write_series(tmp_path), window=5, horizon=2, batch_size=7, calendar=())
     dm.setup("fit")
     assert (dm.target, dm.features, dm.n_features) == ("Demand", ["Temperature"], 2)
     x, y = _all(dm.val_dataloader())
@@ -170,6 +226,52 @@ def test_series_windows_and_labels_align_with_rows(tmp_path: Path):
     torch.testing.assert_close(x[:, :, 0], expected_inputs)
     torch.testing.assert_close(x[:, :, 1], -10 * expected_inputs)
     torch.testing.assert_close(y, torch.stack([t, t + 1], dim=1))
+
+
+def test_calendar_features_known_times_and_zone():
+    # 2024-01-01 is a Monday; Melbourne is UTC+11 in January (daylight saving), +10 in July
+    ts = pd.DatetimeIndex(
+        ["2024-01-01 00:00", "2024-01-01 06:00", "2024-01-04 12:00", "2024-07-01 00:00"], tz="UTC"
+    )
+    values, columns = calendar_features(ts, ["hour", "weekday"])
+    assert columns == ["hour_sin", "hour_cos", "weekday_sin", "weekday_cos"]
+    assert values.dtype == np.float32 and values.shape == (4, 4)
+    hour = np.array([0, 6, 12, 0]) / 24
+    week = (np.array([0, 0, 3, 0]) + hour) / 7  # Thursday noon is 3.5 days into the week
+    expected = np.stack([np.sin(2 * np.pi * hour), np.cos(2 * np.pi * hour)], axis=1)
+    np.testing.assert_allclose(values[:, :2], expected, atol=1e-6)
+    np.testing.assert_allclose(values[:, 2], np.sin(2 * np.pi * week), atol=1e-6)
+    local, _ = calendar_features(ts, ["hour"], tz="Australia/Melbourne")
+    local_hour = np.array([11, 17, 23, 10]) / 24
+    np.testing.assert_allclose(local[:, 0], np.sin(2 * np.pi * local_hour), atol=1e-6)
+    year, _ = calendar_features(ts[[0]], ["yearday"])
+    np.testing.assert_allclose(year[0], [0.0, 1.0], atol=1e-6)  # 1 January, midnight
+
+
+def test_calendar_feature_errors_are_named():
+    with pytest.raises(ValueError, match=r"\['month'\] unknown; use any of"):
+        calendar_features(pd.DatetimeIndex([], tz="UTC"), ["hour", "month"])
+    with pytest.raises(ValueError, match=r"calendar_tz 'UTC' needs time-zone-aware"):
+        calendar_features(pd.DatetimeIndex(["2024-01-01"]), ["hour"], tz="UTC")
+    with pytest.raises(ValueError, match=r"\['month'\] unknown"):
+        SeriesDataModule("unused", calendar=["month"])  # at construction, before any data
+    with pytest.raises(ValidationError, match=r"'Mars/Olympus' is not a time zone"):
+        RNNParams(calendar_tz="Mars/Olympus")  # params.yaml is checked before any training
+
+
+def test_series_calendar_columns_follow_target_and_features(tmp_path: Path):
+    dm = SeriesDataModule(write_series(tmp_path), window=5, batch_size=7, calendar=["hour"])
+    dm.setup("fit")
+    assert dm.n_features == 4
+    assert dm.input_columns == ["Demand", "Temperature", "hour_sin", "hour_cos"]
+    x, y = _all(dm.val_dataloader())  # val target rows 60..79, hourly from 2024-01-01 00:00
+    t = 60 + torch.arange(20, dtype=torch.float32)
+    torch.testing.assert_close(x[:, :, 0], t[:, None] + torch.arange(-5, 0))  # unchanged
+    input_hours = (t[:, None] + torch.arange(-5, 0)) % 24  # row r is r hours after midnight
+    angle = 2 * torch.pi * input_hours / 24
+    torch.testing.assert_close(x[:, :, 2], torch.sin(angle), atol=1e-5, rtol=0)
+    torch.testing.assert_close(x[:, :, 3], torch.cos(angle), atol=1e-5, rtol=0)
+    torch.testing.assert_close(y[:, 0], t)  # labels are still the target
 
 
 def test_series_sample_counts_per_split(tmp_path: Path):
@@ -259,7 +361,13 @@ def _cnn_fit(data_dir: Path, seed: int) -> tuple[ImageClassifier, pl.Trainer]:
     pl.seed_everything(seed, verbose=False)
     dm = ImageDataModule(data_dir, batch_size=8, seed=seed)
     dm.setup("fit")
-    model = ImageClassifier(num_classes=dm.num_classes, conv=[4, 8, 8], dense=8)
+    model = ImageClassifier(
+        num_classes=dm.num_classes,
+        conv=[4, 8, 8],
+        dense=8,
+        input_mean=dm.pixel_mean,
+        input_std=dm.pixel_std,
+    )
     trainer = _trainer()
     trainer.fit(model, datamodule=dm)
     return model, trainer
@@ -304,11 +412,11 @@ def test_rnn_fit_logs_epoch_metrics(tmp_path: Path):
     assert set(result) == {"test_loss", "test_mae"} and result["test_loss"] > 0
 
 
-def test_seeded_fits_are_identical(tmp_path: Path):
+def test_seeded_fits_are_identical(tmp_path: Path):  # augmentation and schedule included
     write_images(tmp_path)
     a, _ = _cnn_fit(tmp_path, seed=7)
     b, _ = _cnn_fit(tmp_path, seed=7)
     c, _ = _cnn_fit(tmp_path, seed=8)
     for (name, wa), wb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.equal(wa, wb), name
-    assert not torch.equal(a.net[0].weight, c.net[0].weight)  # the seed matters
+    assert not torch.equal(a.net[1].weight, c.net[1].weight)  # the seed matters

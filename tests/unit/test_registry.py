@@ -48,6 +48,7 @@ def test_first_model_is_champion_then_worse_is_challenger_better_takes_over(mlfl
     from mlflow.tracking import MlflowClient
 
     mlflow.set_tracking_uri(mlflow_uri)
+    mlflow.set_experiment("registry-test")  # not whatever experiment an earlier test left active
     client = MlflowClient(mlflow_uri)
     x = np.ones((2, 3), dtype=np.float32)
     # the score of a model = its output on ones = its k: a real pyfunc round trip

@@ -7,12 +7,18 @@ and `<dir>/meta.json` (target, features, scaler, freq).
 Everything is held in memory as tensors and batches are cut with one tensor index per batch
 (`_Batched.__getitems__`), not one Python `__getitem__` per sample: on a CPU that
 per-sample loop, not the model, would otherwise bound the throughput at small batch sizes.
+
+Training choices that belong to the data: random affine augmentation of the train images
+(`random_affine`, one vectorised op per batch) and calendar inputs for the series
+(`calendar_features`, computed from the timestamps).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +26,8 @@ import numpy as np
 import pandas as pd
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 SPLITS = ("train", "val", "test")
 
@@ -52,6 +59,79 @@ class _Images(_Batched):
 
     def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.images[idx], self.labels[idx]
+
+
+@dataclass(frozen=True)
+class Affine:
+    """Ranges of a random affine transform, each drawn uniformly in [-range, +range]."""
+
+    rotate: float = 0.0  # degrees
+    shift: float = 0.0  # fraction of the image's height / width
+    scale: float = 0.0  # relative: 0.1 scales by 0.9 .. 1.1
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.rotate <= 180 and 0 <= self.shift < 1 and 0 <= self.scale < 1):
+            raise ValueError(
+                f"augmentation ranges out of bounds: rotate {self.rotate} (0..180 degrees), "
+                f"shift {self.shift} (0..<1 of the image), scale {self.scale} (0..<1)"
+            )
+
+    @property
+    def active(self) -> bool:
+        return bool(self.rotate or self.shift or self.scale)
+
+
+def random_affine(x: torch.Tensor, ranges: Affine, generator: torch.Generator) -> torch.Tensor:
+    """Each image of (B, C, H, W) rotated, shifted and scaled at random about its centre.
+
+    One `affine_grid` + `grid_sample` for the whole batch (bilinear, zeros outside), so the
+    cost is a fraction of a training step. Values stay in the input's range.
+    """
+    n = x.shape[0]
+
+    def uniform(limit: float) -> torch.Tensor:  # (B,) in [-limit, limit]
+        return (torch.rand(n, generator=generator) * 2 - 1) * limit
+
+    angle = uniform(math.radians(ranges.rotate))
+    zoom = 1 + uniform(ranges.scale)
+    # affine_grid maps output to input coordinates in [-1, 1]: a shift of f of the image
+    # is 2f there, and the inverse of a zoom by s is a zoom by 1/s.
+    tx, ty = uniform(2 * ranges.shift), uniform(2 * ranges.shift)
+    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+    theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
+    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)  # (B, H, W, 2)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+class _AugmentedImages(_Images):
+    """The train images, each batch transformed by `random_affine`.
+
+    The random stream restarts from `seed` whenever a train loader is made (`restart`), so a
+    fit's augmentations depend on the seed only. In a worker process the stream is seeded
+    with (seed, worker id): workers never repeat each other's draws.
+    """
+
+    def __init__(
+        self, images: torch.Tensor, labels: torch.Tensor, ranges: Affine, seed: int
+    ) -> None:
+        super().__init__(images, labels)
+        self.ranges, self.seed = ranges, seed
+        self.restart()
+
+    def restart(self) -> None:
+        self._generator = torch.Generator().manual_seed(self.seed)
+        self._worker: int | None = None
+
+    def _stream(self) -> torch.Generator:
+        info = get_worker_info()
+        if info is not None and self._worker != info.id:
+            self._generator = torch.Generator().manual_seed(self.seed * 1000 + info.id + 1)
+            self._worker = info.id
+        return self._generator
+
+    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = super().batch(idx)
+        return random_affine(x, self.ranges, self._stream()), y
 
 
 class _Windows(_Batched):
@@ -108,6 +188,9 @@ class _InMemoryDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
+        train = self._datasets.get("train")
+        if isinstance(train, _AugmentedImages):
+            train.restart()  # like the shuffling: the same stream for every loader
         return self._loader("train", shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
@@ -124,7 +207,13 @@ class _InMemoryDataModule(pl.LightningDataModule):
 
 
 class ImageDataModule(_InMemoryDataModule):
-    """Grey images as float32 (N, 1, H, W) in [0, 1] with int64 labels (N,)."""
+    """Grey images as float32 (N, 1, H, W) in [0, 1] with int64 labels (N,).
+
+    Train batches are augmented by `random_affine` within `augment_rotate` (degrees),
+    `augment_shift` (fraction of the image) and `augment_scale` (relative); all 0 turns it
+    off. Val and test images are never changed. `pixel_mean` / `pixel_std`: statistics of the
+    train images, for the model's input standardisation.
+    """
 
     def __init__(
         self,
@@ -133,13 +222,18 @@ class ImageDataModule(_InMemoryDataModule):
         num_workers: int = 0,
         pin_memory: bool = False,
         seed: int = 42,
+        augment_rotate: float = 10.0,
+        augment_shift: float = 0.07,
+        augment_scale: float = 0.1,
     ) -> None:
         super().__init__(batch_size, num_workers, pin_memory, seed)
         self.data_dir = Path(data_dir)
+        self.augment = Affine(augment_rotate, augment_shift, augment_scale)
         self.classes: list[str] = []
         self.image_size: tuple[int, int] = (0, 0)
+        self.pixel_mean, self.pixel_std = 0.0, 1.0
         self.ids: dict[str, np.ndarray] = {}  # split -> sha256 of each image, in row order
-        self.tensors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.tensors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # never augmented
 
     @property
     def num_classes(self) -> int:
@@ -163,7 +257,14 @@ class ImageDataModule(_InMemoryDataModule):
             labels = torch.from_numpy(y.astype(np.int64))  # (N,)
             self.tensors[split] = (images, labels)
             self.ids[split] = ids
-            self._datasets[split] = _Images(images, labels)
+            if split == "train" and self.augment.active:
+                self._datasets[split] = _AugmentedImages(images, labels, self.augment, self.seed)
+            else:
+                self._datasets[split] = _Images(images, labels)
+        train = self.tensors["train"][0]
+        # float64 sums: a float32 mean over millions of pixels drifts
+        self.pixel_mean = float(train.double().mean())
+        self.pixel_std = float(train.double().std()) or 1.0
 
 
 def _read_classes(path: Path) -> list[str]:
@@ -228,14 +329,57 @@ class SplitFrame:
     rows: np.ndarray  # (N,) int64
 
 
+CALENDAR = ("hour", "weekday", "yearday")
+
+
+def calendar_features(
+    timestamps: pd.DatetimeIndex, names: Sequence[str], tz: str | None = None
+) -> tuple[np.ndarray, list[str]]:
+    """Cyclic calendar inputs: a (sin, cos) pair per name, float32 (N, 2 * len(names)).
+
+    hour     position in the day, (hour + minute / 60) / 24
+    weekday  position in the week, Monday 00:00 = 0, (day + hour / 24) / 7
+    yearday  position in the year, (day of year - 1 + hour / 24) / 365.25
+
+    Computed in `tz` (e.g. Australia/Melbourne, where demand follows local clocks, daylight
+    saving included), else in the timestamps' own zone. Sin and cos together make 23:00 and
+    00:00 neighbours, and every value lies in [-1, 1], the scale of the standardised inputs.
+    """
+    unknown = [n for n in names if n not in CALENDAR]
+    if unknown:
+        raise ValueError(f"calendar feature(s) {unknown} unknown; use any of {list(CALENDAR)}")
+    ts = pd.DatetimeIndex(timestamps)
+    if tz is not None:
+        if ts.tz is None:
+            raise ValueError(f"calendar_tz {tz!r} needs time-zone-aware timestamps")
+        ts = ts.tz_convert(tz)
+    day = (ts.hour.to_numpy() + ts.minute.to_numpy() / 60) / 24  # (N,) in [0, 1)
+    phases = {
+        "hour": day,
+        "weekday": (ts.day_of_week.to_numpy() + day) / 7,
+        "yearday": (ts.day_of_year.to_numpy() - 1 + day) / 365.25,
+    }
+    columns, out = [], []
+    for name in names:
+        angle = 2 * np.pi * phases[name]
+        out += [np.sin(angle), np.cos(angle)]
+        columns += [f"{name}_sin", f"{name}_cos"]
+    values = np.stack(out, axis=1) if out else np.empty((len(ts), 0))
+    return values.astype(np.float32), columns
+
+
 class SeriesDataModule(_InMemoryDataModule):
     """Sliding windows over a standardised series.
 
-    Sample for target row t: inputs are rows [t - window, t) of [target] + features,
-    shape (window, n_features); the label is the target at rows [t, t + horizon). The sample
-    belongs to the split of row t, and all its label rows must be in that split (no label is
-    ever taken from the next split). Inputs may reach back into the previous split: that is
-    the past, so val and test have samples from their first row on.
+    Sample for target row t: inputs are rows [t - window, t) of [target] + features +
+    calendar columns, shape (window, n_features); the label is the target at rows
+    [t, t + horizon). Column 0 is always the scaled target (the naive baselines read it).
+    The sample belongs to the split of row t, and all its label rows must be in that split
+    (no label is ever taken from the next split). Inputs may reach back into the previous
+    split: that is the past, so val and test have samples from their first row on.
+
+    `calendar` names cyclic inputs computed from each row's timestamp (`calendar_features`),
+    in `calendar_tz` if given; they follow the target and the features.
     """
 
     def __init__(
@@ -247,15 +391,20 @@ class SeriesDataModule(_InMemoryDataModule):
         num_workers: int = 0,
         pin_memory: bool = False,
         seed: int = 42,
+        calendar: Sequence[str] = ("hour", "weekday"),
+        calendar_tz: str | None = None,
     ) -> None:
         super().__init__(batch_size, num_workers, pin_memory, seed)
         if window < 1 or horizon < 1:
             raise ValueError(f"window and horizon must be >= 1, got {window} and {horizon}")
+        calendar_features(pd.DatetimeIndex([], tz="UTC"), calendar, calendar_tz)  # names, zone
         self.data_dir = Path(data_dir)
         self.window = window
         self.horizon = horizon
+        self.calendar, self.calendar_tz = list(calendar), calendar_tz
         self.target = ""
         self.features: list[str] = []
+        self.calendar_columns: list[str] = []  # e.g. hour_sin, hour_cos, after setup()
         self.scaler: dict[str, dict[str, float]] = {}
         self.freq: str | None = None
         self.timestamps = pd.DatetimeIndex([])
@@ -264,7 +413,12 @@ class SeriesDataModule(_InMemoryDataModule):
 
     @property
     def n_features(self) -> int:
-        return 1 + len(self.features)
+        return 1 + len(self.features) + 2 * len(self.calendar)
+
+    @property
+    def input_columns(self) -> list[str]:
+        """The names of the F input columns, in order (after setup())."""
+        return [self.target, *self.features, *self.calendar_columns]
 
     def setup(self, stage: str | None = None) -> None:
         if self.rows:
@@ -274,24 +428,29 @@ class SeriesDataModule(_InMemoryDataModule):
         self.scaler, self.freq = meta["scaler"], meta.get("freq")
         frame = _read_series(self.data_dir / "series.parquet", [self.target, *self.features])
 
-        values = torch.from_numpy(
-            frame[[self.target, *self.features]].to_numpy(dtype=np.float32, copy=True)
-        )  # (N_rows, F), column 0 is the target
-        bad = ~torch.isfinite(values)
+        values = frame[[self.target, *self.features]].to_numpy(dtype=np.float32, copy=True)
+        bad = ~np.isfinite(values)
         if bad.any():
-            row, col = (int(i) for i in bad.nonzero()[0])
+            row, col = (int(i) for i in np.argwhere(bad)[0])
             raise ValueError(
                 f"{self.data_dir / 'series.parquet'}: {[self.target, *self.features][col]!r} is "
                 f"{values[row, col].item()} at row {row}; the quality gate should have stopped it"
             )
         self.timestamps = pd.DatetimeIndex(frame["timestamp"])
-        self.target_values = values[:, 0].numpy()
+        calendar, self.calendar_columns = calendar_features(
+            self.timestamps, self.calendar, self.calendar_tz
+        )
+        # (N_rows, F): target, features, calendar columns
+        inputs = torch.from_numpy(np.concatenate([values, calendar], axis=1))
+        self.target_values = values[:, 0]
         split_of_row = frame["split"].to_numpy()
         for split in SPLITS:
             self.rows[split] = _sample_rows(split_of_row, split, self.window, self.horizon)
-            self._datasets[split] = _Windows(values, self.rows[split], self.window, self.horizon)
+            self._datasets[split] = _Windows(inputs, self.rows[split], self.window, self.horizon)
 
     def split_frame(self, split: str) -> SplitFrame:
+        if split not in self.rows:
+            raise ValueError(f"split {split!r}: expected one of {SPLITS}, after setup()")
         rows = self.rows[split]
         offsets = np.arange(self.horizon)
         y_true = self.target_values[rows[:, None] + offsets]  # (N, horizon)
