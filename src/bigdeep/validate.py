@@ -3,30 +3,65 @@
     bigdeep validate images --raw data/raw/images --report reports/quality/images.json --quarantine data/quarantine/images
 
 Images are profiled into a table (one row per image) and validated with Great Expectations;
-a series is validated as it is. Bad records are copied to the quarantine folder with their
-reasons (the raw data is never modified); the report is a DVC metric. The CLI exits 3 when
-the gate fails, so `dvc repro` and the flow stop before anything is trained.
+a series is validated as it is, with columns derived from its whole timeline. Both stream the
+raw shards with bounded memory. Writes, per dataset:
+
+    reports/quality/<name>.json        the report (a DVC metric): per-V counts, drift, quarantine
+    reports/quality/docs/<name>.html   Great Expectations Data Docs, readable offline
+    data/quarantine/<name>/            reasons.parquet + copies of the quarantined records
+    data/reference/<name>.json         the profile drift is measured against; replaced only
+                                       when the gate passes (the last accepted version)
+
+The raw data is never modified. The CLI exits 3 when the gate fails, so `dvc repro` and the
+flow stop before anything is trained.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
+
 from bigdeep.config import Settings
-from bigdeep.quality.gate import GateResult, run_gate, write_quarantine, write_report
-from bigdeep.quality.profile import profile_images, read_series
+from bigdeep.quality.docs import write_docs
+from bigdeep.quality.drift import load_reference, write_reference
+from bigdeep.quality.gate import (
+    GateResult,
+    gate_images,
+    gate_series,
+    write_quarantine,
+    write_report,
+)
+
+REFERENCE_DIR = Path("data/reference")  # default of `bigdeep validate --reference`
 
 
-def validate(dataset: str, settings: Settings, raw_dir: Path, report_path: Path, quarantine_dir: Path) -> GateResult:
+def validate(
+    dataset: str,
+    settings: Settings,
+    raw_dir: Path,
+    report_path: Path,
+    quarantine_dir: Path,
+    reference_path: Path | None = None,
+    *,
+    now: pd.Timestamp | None = None,
+) -> GateResult:
+    """Run the gate on `raw_dir`; reference_path defaults to data/reference/<dataset>.json
+    (relative to the working directory, the project root under DVC)."""
     if report_path.name != f"{dataset}.json":
         raise ValueError(f"--report must be <dir>/{dataset}.json, got {report_path}")
+    reference = load_reference(reference_path or REFERENCE_DIR / f"{dataset}.json")
     if dataset == "images":
-        cfg = settings.quality.images
-        result = run_gate("images", profile_images(raw_dir, max_pixels=cfg.max_pixels), cfg)
+        result = gate_images("images", raw_dir, settings.quality.images, reference=reference)
     else:
         # ingest stored the source's time column as `timestamp` (the canonical name)
         names = settings.data.series.model_copy(update={"timestamp": "timestamp"})
-        result = run_gate("series", read_series(raw_dir), settings.quality.series, data=names)
+        result = gate_series(
+            "series", raw_dir, settings.quality.series, names, reference=reference, now=now
+        )
     write_report(result, report_path.parent)
+    write_docs(result, report_path.parent / "docs")
     write_quarantine(result, raw_dir, quarantine_dir)
+    if result.passed and result.profile is not None and reference.error is None:
+        write_reference(result.profile, reference.path)
     return result

@@ -122,11 +122,11 @@ BAD_IMAGES = {
     "truncated": (png(digit(99))[:60], {"decodes"}, "does not decode"),
     "zero-byte": (b"", {"decodes"}, "does not decode (empty file (0 bytes))"),
     "text": (b"hello, I am not a PNG\n", {"decodes"}, "cannot identify image file"),
-    "rgba": (png(digit(99, (28, 28, 4))), {"mode"}, 'has mode "RGBA", expected "L"'),
+    "rgba": (png(digit(99, (28, 28, 4))), {"mode", "channels"}, "has 4 channel(s), expected 1"),
     "16-bit": (
         png(digit(99, dtype=np.uint16) | 0x8000),  # every pixel > 255
-        {"mode", "pixel_max"},
-        "has pixel values above 255",
+        {"mode", "bit_depth", "pixel_max"},
+        "is 16-bit, expected 8-bit",
     ),
     "wrong-size": (png(digit(99, (32, 30))), {"height", "width"}, "is 32 pixels high, expected 28"),
 }
@@ -292,7 +292,7 @@ def _duplicate(f: pd.DataFrame) -> None:
 
 
 def _out_of_order(f: pd.DataFrame) -> None:
-    f.loc[16, "Time"] = f.loc[2, "Time"] + pd.Timedelta(minutes=10)
+    f.loc[[15, 16], "Time"] = f.loc[[16, 15], "Time"].to_numpy()  # rows 16 and 17 swapped
 
 
 def _unparsed(f: pd.DataFrame) -> None:
@@ -320,10 +320,10 @@ BAD_ROWS = {
         "series: row 17 (2014-01-01T07:30Z) Time is not after the row before it",
         2,
     ),
-    "out-of-order": (
+    "out-of-order": (  # only the row that goes back in time; no gap: every time is there
         _out_of_order,
         {"timestamp_increasing"},
-        "series: row 17 (2014-01-01T01:10Z) Time is not after the row before it",
+        "series: row 17 (2014-01-01T07:30Z) Time is not after the row before it",
         1,
     ),
     "unparsed": (
@@ -390,3 +390,76 @@ def test_series_quarantine_copies_rows(tmp_path: Path):
     copied = pd.read_parquet(records_path)
     assert list(copied["row"]) == [17]
     assert copied["Demand"].isna().all()
+
+
+# --- streaming: chunk by chunk gives what one pass over everything gives --------------------
+
+
+def test_images_streamed_in_chunks_equal_one_pass(tmp_path: Path):
+    records = [
+        *clean_images(),
+        ("0/bad.png", "0", b""),
+        ("2/copy.png", "2", clean_images()[1][2]),  # a copy of 1/01.png, 12 records later
+        ("cat/x.png", "cat", png(digit(77))),
+    ]
+    raw = write_images(tmp_path / "raw", records)
+    whole = run_gate("images", profile_images(raw), IMAGES)
+    streamed = gate_images_streamed(raw, chunk_rows=4)  # 4 chunks: the copy is in another one
+    assert streamed.report == whole.report
+    pd.testing.assert_frame_equal(streamed.quarantine, whole.quarantine)
+    assert dict(zip(whole.quarantine["record"], whole.quarantine["check"], strict=True)) == {
+        "0/bad.png": "decodes",
+        "2/copy.png": "duplicate",
+        "cat/x.png": "label_in_classes",
+    }
+    assert streamed.profile == whole.profile
+    assert streamed.profile["rows"] == 15
+    assert (
+        sum(streamed.profile["numeric"]["pixel_intensity"]["counts"]) == 14 * 28 * 28
+    )  # every image that decodes, the copy too
+
+
+def gate_images_streamed(raw: Path, chunk_rows: int) -> GateResult:
+    from bigdeep.quality.gate import gate_images
+
+    return gate_images("images", raw, IMAGES, workers=1, chunk_rows=chunk_rows)
+
+
+def test_series_streamed_in_chunks_equal_one_pass(tmp_path: Path):
+    from bigdeep.quality.gate import gate_series
+
+    frame = clean_series(40)
+    frame.loc[9, "Time"] = frame.loc[10, "Time"]  # rows 10 and 11 share a time, across chunks
+    frame = frame.drop(index=[20, 21, 22]).reset_index(
+        drop=True
+    )  # rows 21-23 go: a 2 h hole before row 24
+    frame.loc[30, "Demand"] = np.nan
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    frame.iloc[:8].to_parquet(raw / "part-00000.parquet")
+    frame.iloc[8:].to_parquet(raw / "part-00001.parquet")
+    settings = SeriesQuality(min_rows=10, max_gap="1h")
+
+    whole = run_gate("series", frame, settings, COLUMNS)
+    streamed = gate_series("series", raw, settings, COLUMNS, chunk_rows=3)  # 3 rows a chunk
+    assert streamed.report == whole.report
+    pd.testing.assert_frame_equal(streamed.quarantine, whole.quarantine)
+    assert entry(whole, "timestamp_unique")["examples"] == [10, 11]
+    assert entry(whole, "timestamp_increasing")["examples"] == [11]
+    assert (
+        "series: gap of 2h from 2014-01-01T09:30Z to 2014-01-01T11:30Z (before row 24), "
+        "over max_gap=1h" in whole.report["failures"]
+    )
+    assert whole.report["columns"]["freq"] == "30min"
+
+
+def test_timestamps_outside_the_nanosecond_range_are_checked_not_crashed():
+    frame = clean_series()
+    frame["Time"] = pd.date_range("2300-01-01", periods=24, freq="30min", tz="UTC").as_unit("s")
+    frame.loc[16, "Time"] = frame.loc[15, "Time"]
+    result = gate_series(frame)
+    assert entry(result, "timestamp_unique")["examples"] == [16, 17]
+    assert (
+        "series: row 17 (2300-01-01T07:30Z) Time is duplicated (2 rows share it)"
+        in (result.report["failures"])
+    )

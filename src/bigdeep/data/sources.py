@@ -95,8 +95,16 @@ def _builtin_mnist() -> Iterator[tuple[str, str, str, bytes]]:
 
 
 def _resolve(root: Path, location: str) -> Path:
+    """A location relative to the project root may not climb out of it with `..`."""
     path = Path(location)
-    return path if path.is_absolute() else (root / path)
+    if path.is_absolute():
+        return path
+    if ".." in path.parts and not (root / path).resolve().is_relative_to(root.resolve()):
+        raise SourceError(
+            f"{location}: points outside the data root {root.resolve()} (`..`); "
+            "give an absolute path if that is really meant"
+        )
+    return root / path
 
 
 def _image_folder(folder: Path) -> Iterator[tuple[str, str, str, bytes]]:
@@ -106,7 +114,9 @@ def _image_folder(folder: Path) -> Iterator[tuple[str, str, str, bytes]]:
     real_root = folder.resolve()
     class_dirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not class_dirs:
-        raise SourceError(f"image folder {folder} has no class subfolders (expected <class>/<image>)")
+        raise SourceError(
+            f"image folder {folder} has no class subfolders (expected <class>/<image>)"
+        )
     for class_dir in class_dirs:
         for path in sorted(class_dir.rglob("*")):
             if path.name.startswith(".") or path.is_dir():
@@ -114,12 +124,16 @@ def _image_folder(folder: Path) -> Iterator[tuple[str, str, str, bytes]]:
             rel = path.relative_to(folder).as_posix()
             real = path.resolve()
             if not real.is_relative_to(real_root):
-                raise SourceError(f"{path}: points outside the data root {folder} (symlink to {real})")
+                raise SourceError(
+                    f"{path}: points outside the data root {folder} (symlink to {real})"
+                )
             if path.suffix.lower() not in IMAGE_SUFFIXES:
                 continue
             size = path.stat().st_size
             if size > MAX_FILE_BYTES:
-                raise SourceError(f"{path}: {size} bytes is larger than the {MAX_FILE_BYTES}-byte limit")
+                raise SourceError(
+                    f"{path}: {size} bytes is larger than the {MAX_FILE_BYTES}-byte limit"
+                )
             yield rel, str(path), class_dir.name, path.read_bytes()
 
 
@@ -147,7 +161,9 @@ def _idx_dir(folder: Path) -> Iterator[tuple[str, str, str, bytes]]:
         for i, (img, label) in enumerate(zip(images, labels, strict=True)):
             yield f"idx:{split}/{i:05d}", f"{img_path.name}[{i}]", str(int(label)), encode_png(img)
     if not found:
-        raise SourceError(f"{folder}: no MNIST IDX files (expected {IDX_FILES['train'][0]}[.gz] ...)")
+        raise SourceError(
+            f"{folder}: no MNIST IDX files (expected {IDX_FILES['train'][0]}[.gz] ...)"
+        )
 
 
 def _find_idx(folder: Path, name: str) -> Path | None:
@@ -173,7 +189,9 @@ def read_idx(path: Path) -> np.ndarray:
     expected = int(np.prod(dims)) * dtype.itemsize
     body = data[4 + 4 * ndim :]
     if len(body) != expected:
-        raise SourceError(f"{path}: header says {dims} ({expected} bytes) but {len(body)} bytes follow")
+        raise SourceError(
+            f"{path}: header says {dims} ({expected} bytes) but {len(body)} bytes follow"
+        )
     return np.frombuffer(body, dtype=dtype).reshape(dims)
 
 
@@ -185,6 +203,9 @@ def read_series(cfg: SeriesData, root: Path = Path(".")) -> pd.DataFrame:
 
     Values are kept as they are (a NaN stays a NaN, a text cell keeps its column as text) so
     the gate can name them. `row` is the 1-based data row (CSV: line = row + 1; JSONL: line).
+    `timestamp_zone` keeps the zone the source wrote (Z, +10:00, UTC, or naive) so the gate
+    can check that one convention is used; the timestamps themselves are converted to UTC.
+    Nested JSON objects become dotted columns (`{"a": {"b": 1}}` -> `a.b`).
     """
     scheme, location = _split(cfg.source)
     if scheme == "builtin":
@@ -196,16 +217,33 @@ def read_series(cfg: SeriesData, root: Path = Path(".")) -> pd.DataFrame:
         if not path.is_file():
             raise SourceError(f"series file {path} does not exist")
         frame = {"csv": _read_csv, "parquet": pd.read_parquet, "jsonl": _read_jsonl}[scheme](path)
+    lines = frame.attrs.pop("lines", None)  # JSONL: the line each record came from
     frame = frame.reset_index(drop=True)
-    frame.insert(0, "row", np.arange(1, len(frame) + 1, dtype=np.int64))
+    rows = np.arange(1, len(frame) + 1, dtype=np.int64) if lines is None else np.asarray(lines)
+    frame.insert(0, "row", rows.astype(np.int64))
     if cfg.timestamp in frame.columns:
-        ts = pd.to_datetime(frame.pop(cfg.timestamp), utc=True, errors="coerce", format="mixed")
+        raw = frame.pop(cfg.timestamp)
+        ts = pd.to_datetime(raw, utc=True, errors="coerce", format="mixed")
         frame.insert(1, "timestamp", ts)
+        frame.insert(2, "timestamp_zone", _zones(raw).where(ts.notna()))
         if cfg.last_days is not None and ts.notna().any():
             newest = ts.max()
             frame = frame[~(ts <= newest - pd.Timedelta(days=cfg.last_days))]
     frame.attrs["source"] = where
     return frame.reset_index(drop=True)
+
+
+# A time of day, then an optional zone: Z, UTC, GMT or an offset (+10:00, -0500, +01).
+_ZONE = r"\d:\d{2}(?::\d{2}(?:[.,]\d+)?)?\s*(Z|UTC|GMT|[+-]\d{2}(?::?\d{2})?)?\s*$"
+
+
+def _zones(raw: pd.Series) -> pd.Series:
+    """The zone each timestamp was written in; "naive" when it had none."""
+    if isinstance(raw.dtype, pd.DatetimeTZDtype):
+        return pd.Series(str(raw.dt.tz), index=raw.index, dtype="str")
+    if not (pd.api.types.is_string_dtype(raw.dtype) or raw.dtype == object):
+        return pd.Series("naive", index=raw.index, dtype="str")
+    return raw.astype("str").str.extract(_ZONE, expand=False).fillna("naive").astype("str")
 
 
 def _builtin_series(name: str) -> pd.DataFrame:
@@ -220,11 +258,16 @@ def _builtin_series(name: str) -> pd.DataFrame:
 def _read_csv(path: Path) -> pd.DataFrame:
     raw = path.read_bytes()
     try:
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8-sig")  # a UTF-8 byte-order mark is dropped, not a column name
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
+        utf16 = (
+            " (it looks like UTF-16: save it as UTF-8)"
+            if raw[:2] in (b"\xff\xfe", b"\xfe\xff")
+            else ""
+        )
         raise SourceError(
-            f"{path}: not UTF-8 at byte {e.start} (line {line}): {raw[e.start : e.start + 4]!r}"
+            f"{path}: not UTF-8 at byte {e.start} (line {line}): {raw[e.start : e.start + 4]!r}{utf16}"
         ) from None
     if not text.strip():
         raise SourceError(f"{path}: empty file (no header, no rows)")
@@ -232,7 +275,7 @@ def _read_csv(path: Path) -> pd.DataFrame:
 
 
 def _read_jsonl(path: Path) -> pd.DataFrame:
-    records = []
+    records, lines = [], []
     with open(path, "rb") as f:
         offset = 0
         for lineno, line in enumerate(f, start=1):
@@ -245,13 +288,20 @@ def _read_jsonl(path: Path) -> pd.DataFrame:
                         f"{path}: line {lineno} is not UTF-8 (byte {offset + e.start})"
                     ) from None
                 except json.JSONDecodeError as e:
-                    raise SourceError(f"{path}: line {lineno} is not valid JSON: {e.msg} (column {e.colno})") from None
+                    raise SourceError(
+                        f"{path}: line {lineno} is not valid JSON: {e.msg} (column {e.colno})"
+                    ) from None
                 if not isinstance(rec, dict):
-                    raise SourceError(f"{path}: line {lineno} is a JSON {type(rec).__name__}, expected an object")
+                    raise SourceError(
+                        f"{path}: line {lineno} is a JSON {type(rec).__name__}, expected an object"
+                    )
                 records.append(rec)
+                lines.append(lineno)
             offset += len(line)
-    return pd.DataFrame.from_records(records)
-
+    nested = any(isinstance(v, dict) for rec in records for v in rec.values())
+    frame = pd.json_normalize(records) if nested else pd.DataFrame.from_records(records)
+    frame.attrs["lines"] = lines
+    return frame
 
 
 # --- change detection ------------------------------------------------------------------------
@@ -274,11 +324,20 @@ def fingerprint(source: str, root: Path = Path(".")) -> dict:
         raise SourceError(f"source {source}: {path} does not exist")
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
     entries = [
-        [p.relative_to(path).as_posix() if p != path else p.name, p.stat().st_size, p.stat().st_mtime_ns]
+        [
+            p.relative_to(path).as_posix() if p != path else p.name,
+            p.stat().st_size,
+            p.stat().st_mtime_ns,
+        ]
         for p in files
     ]
     digest = hashlib.md5(json.dumps(entries).encode()).hexdigest()
-    return {"source": source, "files": len(entries), "bytes": sum(e[1] for e in entries), "digest": digest}
+    return {
+        "source": source,
+        "files": len(entries),
+        "bytes": sum(e[1] for e in entries),
+        "digest": digest,
+    }
 
 
 def write_fingerprint(source: str, out: Path, root: Path = Path(".")) -> bool:

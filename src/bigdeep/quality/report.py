@@ -1,0 +1,79 @@
+"""The quality report, reshaped for people: a table for the Prefect UI, lines for a terminal.
+
+    report = json.loads(Path("reports/quality/images.json").read_text())
+    create_table_artifact(table=report_table(report), key="quality-images")
+    print("\n".join(summary_lines(report)))
+
+Both are pure functions of the report that `gate.run_gate` builds.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from bigdeep.quality.suites import VS
+
+OBSERVED_CHARS = 80  # longer observed values are cut in the table
+
+
+def report_table(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per expectation, then one per drift value; columns: dataset, v, check, column,
+    critical, passed, observed, unexpected. Drift rows are `drift_js:<measure>` /
+    `drift_linf:<measure>` with the measured value (null without a reference)."""
+    name = report.get("dataset", "")
+    rows = [
+        {
+            "dataset": name,
+            "v": e["v"],
+            "check": e["check"],
+            "column": e.get("column") or "",
+            "critical": bool(e.get("critical")),
+            "passed": bool(e["success"]),
+            "observed": _short(e.get("observed")),
+            "unexpected": e.get("unexpected_count"),
+        }
+        for e in report.get("expectations", [])
+    ]
+    drift = report.get("drift") or {}
+    for metric, limit in (("js", drift.get("max_js")), ("linf", drift.get("max_linf"))):
+        for measure, value in (drift.get(metric) or {}).items():
+            rows.append(
+                {
+                    "dataset": name,
+                    "v": "variety",
+                    "check": f"drift_{metric}:{measure}",
+                    "column": measure,
+                    "critical": True,
+                    "passed": value is None or limit is None or value <= limit,
+                    "observed": value,
+                    "unexpected": None,
+                }
+            )
+    return rows
+
+
+def summary_lines(report: dict[str, Any]) -> list[str]:
+    """A few lines for a terminal: the verdict, one line per V, drift and quarantine."""
+    word = "PASSED" if report["passed"] else "FAILED"
+    lines = [
+        f"{report['dataset']}: {word} ({report['rows']} rows, {report['quarantined']} quarantined)"
+    ]
+    for v in VS:
+        c = report["by_v"].get(v, {"passed": 0, "failed": 0})
+        lines.append(f"  {v:<9} {c['passed']} passed, {c['failed']} failed")
+    drift = report.get("drift") or {}
+    if drift.get("reference") is None:
+        lines.append("  drift     no reference yet (first accepted version)")
+    else:
+        values = [f"{m} js={v:.4g}" for m, v in drift["js"].items() if v is not None]
+        values += [f"{m} linf={v:.4g}" for m, v in drift["linf"].items() if v is not None]
+        lines.append(f"  drift     {', '.join(values)}; rows -{drift.get('drop_pct') or 0:.4g}%")
+    return lines
+
+
+def _short(value: Any) -> Any:
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    text = value if isinstance(value, str) else json.dumps(value)
+    return text if len(text) <= OBSERVED_CHARS else text[: OBSERVED_CHARS - 3] + "..."
