@@ -206,7 +206,10 @@ def summarize(project_dir: str, summaries: list[DatasetSummary]) -> str:
             lines.append(f"- failure: {failure}")
         if s.model:
             shown = ", ".join(
-                f"{k} {v:.4g}" for k, v in sorted(s.metrics.items()) if isinstance(v, float)
+                f"{k} {v:.4g}"
+                for k, v in sorted(s.metrics.items())
+                if isinstance(v, float)
+                and not k.startswith("test_recall_")  # per class: in the report
             )
             lines.append(f"- model {s.model}: {shown}; MLflow run {s.run.get('run_id', '-')}")
             reg = s.run.get("registry") or {}
