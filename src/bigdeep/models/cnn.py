@@ -19,15 +19,13 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from typing import Any
 
-import pytorch_lightning as pl
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from bigdeep.models.metrics import EpochMeans
-from bigdeep.models.optim import check_schedule, configure
+from bigdeep.models.metrics import EpochMeans, StagedModule
+from bigdeep.models.optim import check_schedule
 
 
 def conv_output_size(image_size: tuple[int, int], n_conv: int) -> tuple[int, int]:
@@ -88,7 +86,7 @@ def build_cnn(
     return nn.Sequential(*layers)
 
 
-class ImageClassifier(pl.LightningModule):
+class ImageClassifier(StagedModule):
     """The seed CNN with its training choices (see the module docstring).
 
     `input_mean` / `input_std`: pixel statistics of the train split, in [0, 1] units
@@ -148,43 +146,8 @@ class ImageClassifier(pl.LightningModule):
         loss = F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing)
         return loss, logits.argmax(dim=1), y
 
-    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
-        loss, preds, y = self.model_step(batch)
-        acc = (preds == y).float().mean()
-        self.epoch_means.update(stage, y.shape[0], {"loss": loss, "acc": acc})
-        return loss
-
-    def _log_epoch(self, stage: str) -> None:
-        # Per-epoch only, once per epoch: per-step logging is costly with MLflow on SQLite.
-        means = self.epoch_means.pop(
-            stage, lambda t: self.trainer.strategy.reduce(t, reduce_op="sum")
-        )
-        metrics = {f"{stage}_{name}": value for name, value in means.items()}
-        self.log_dict(metrics, on_step=False, on_epoch=True)
-
-    def training_step(
-        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
-    ) -> torch.Tensor:
-        return self._step(batch, "train")
-
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self._step(batch, "val")
-
-    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self._step(batch, "test")
-
-    def on_train_epoch_end(self) -> None:
-        self._log_epoch("train")
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_epoch("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._log_epoch("test")
-
-    def configure_optimizers(self) -> torch.optim.Optimizer | dict[str, Any]:
-        h = self.hparams
-        return configure(self, h.lr, h.weight_decay, h.schedule)
+    def step_metrics(self, preds: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"acc": (preds == y).float().mean()}
 
     def predict_proba_module(self) -> nn.Module:
         """A plain copy of the network + softmax, on CPU, in eval mode, for `torch.export`.

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
+import pytorch_lightning as pl
 import torch
+
+from bigdeep.models.optim import configure
 
 
 class EpochMeans:
@@ -42,3 +46,57 @@ class EpochMeans:
         sums, count = self._sums.pop(stage), self._counts.pop(stage)
         totals = reduce(torch.cat([sums, sums.new_tensor([count])]))  # (n_metrics + 1,)
         return dict(zip(self._names.pop(stage), totals[:-1] / totals[-1], strict=True))
+
+
+class StagedModule(pl.LightningModule):
+    """One shared step for train / val / test, with metrics logged once per epoch.
+
+    A subclass defines `model_step(batch) -> (loss, preds, targets)` and `step_metrics`
+    (the per-batch means besides the loss), sets `self.epoch_means = EpochMeans()`, and has
+    `lr`, `weight_decay` and `schedule` among its hyperparameters.
+    """
+
+    epoch_means: EpochMeans
+
+    def step_metrics(self, preds: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
+        loss, preds, y = self.model_step(batch)
+        self.epoch_means.update(stage, y.shape[0], {"loss": loss, **self.step_metrics(preds, y)})
+        return loss
+
+    def _log_epoch(self, stage: str) -> None:
+        # Per-epoch only, once per epoch: per-step logging is costly with MLflow on SQLite.
+        means = self.epoch_means.pop(
+            stage, lambda t: self.trainer.strategy.reduce(t, reduce_op="sum")
+        )
+        self.log_dict(
+            {f"{stage}_{name}": value for name, value in means.items()},
+            on_step=False,
+            on_epoch=True,
+        )
+
+    def training_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
+    ) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch("test")
+
+    def configure_optimizers(self) -> torch.optim.Optimizer | dict[str, Any]:
+        h = self.hparams
+        return configure(self, h.lr, h.weight_decay, h.schedule)

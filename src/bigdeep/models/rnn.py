@@ -14,15 +14,13 @@ tests/benchmarks/bench_model_quality.py).
 from __future__ import annotations
 
 import copy
-from typing import Any
 
-import pytorch_lightning as pl
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from bigdeep.models.metrics import EpochMeans
-from bigdeep.models.optim import check_schedule, configure
+from bigdeep.models.metrics import EpochMeans, StagedModule
+from bigdeep.models.optim import check_schedule
 
 CELLS: dict[str, type[nn.RNNBase]] = {"lstm": nn.LSTM, "gru": nn.GRU}
 
@@ -51,7 +49,7 @@ class SeriesNet(nn.Module):
         return self.head(out[:, -1])  # (B, horizon)
 
 
-class SeriesForecaster(pl.LightningModule):
+class SeriesForecaster(StagedModule):
     """`lr` is the peak learning rate under "onecycle"; `grad_clip` the largest total gradient
     norm per step (0: none), which keeps the LSTM stable at OneCycle's peak learning rate."""
 
@@ -87,43 +85,8 @@ class SeriesForecaster(pl.LightningModule):
         preds = self(x)
         return F.mse_loss(preds, y), preds, y
 
-    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
-        loss, preds, y = self.model_step(batch)
-        mae = (preds.detach() - y).abs().mean()
-        self.epoch_means.update(stage, y.shape[0], {"loss": loss, "mae": mae})
-        return loss
-
-    def _log_epoch(self, stage: str) -> None:
-        # Per-epoch only, once per epoch: see EpochMeans for why not self.log in every step.
-        means = self.epoch_means.pop(
-            stage, lambda t: self.trainer.strategy.reduce(t, reduce_op="sum")
-        )
-        metrics = {f"{stage}_{name}": value for name, value in means.items()}
-        self.log_dict(metrics, on_step=False, on_epoch=True)
-
-    def training_step(
-        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
-    ) -> torch.Tensor:
-        return self._step(batch, "train")
-
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self._step(batch, "val")
-
-    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self._step(batch, "test")
-
-    def on_train_epoch_end(self) -> None:
-        self._log_epoch("train")
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_epoch("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._log_epoch("test")
-
-    def configure_optimizers(self) -> torch.optim.Optimizer | dict[str, Any]:
-        h = self.hparams
-        return configure(self, h.lr, h.weight_decay, h.schedule)
+    def step_metrics(self, preds: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"mae": (preds.detach() - y).abs().mean()}
 
     def configure_gradient_clipping(
         self,
