@@ -182,6 +182,16 @@ def gate(project_dir: str, dataset: str) -> tuple[StageRun, dict]:
     result = reproduce.fn(project_dir, f"validate@{dataset}")
     report_path = Path(project_dir) / stage_files(Path(project_dir), dataset).report
     report = json.loads(report_path.read_text()) if report_path.exists() else {}
+    if report:
+        from prefect.artifacts import create_table_artifact
+
+        from bigdeep.quality.report import report_table
+
+        create_table_artifact(
+            table=report_table(report),
+            key=f"quality-{dataset}",
+            description=f"quality gate: {dataset}",
+        )
     if result.returncode != 0 and report.get("passed") is not False:
         raise StageFailed(f"validate@{dataset} failed:\n{result.output[-2000:]}")
     return result, report

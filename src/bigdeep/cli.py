@@ -58,10 +58,17 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from bigdeep.quality.report import summary_lines
     from bigdeep.validate import validate
 
+    reference = Path(args.reference) if args.reference else None
     result = validate(
-        args.dataset, _settings(args), Path(args.raw), Path(args.report), Path(args.quarantine)
+        args.dataset,
+        _settings(args),
+        Path(args.raw),
+        Path(args.report),
+        Path(args.quarantine),
+        reference,
     )
     report = result.report
     print(
@@ -70,6 +77,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     )
     for v, counts in report["by_v"].items():
         print(f"  {v:<9} {counts['passed']} passed, {counts['failed']} failed")
+    print(summary_lines(report)[-1])  # drift against the last accepted version, every run
     for line in report["failures"][:20]:
         print(f"  - {line}", file=sys.stderr)
     return 0 if result.passed else EXIT_GATE
@@ -290,6 +298,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--raw", required=True)
     s.add_argument("--report", required=True)
     s.add_argument("--quarantine", required=True)
+    s.add_argument(
+        "--reference",
+        help="profile of the last accepted version, for drift (default: data/reference/<dataset>.json)",
+    )
     s.set_defaults(func=cmd_validate)
 
     s = sub.add_parser("prepare", help="seeded train/val/test splits")

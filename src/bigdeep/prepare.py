@@ -21,6 +21,7 @@ from PIL import Image
 
 from bigdeep.config import ImagePrepare, SeriesData, SeriesPrepare
 from bigdeep.data.store import read_all
+from bigdeep.quality.leakage import leakage_error
 
 
 class PrepareError(ValueError):
@@ -90,6 +91,8 @@ def prepare_images(
         # np.savez (not _compressed) keeps the bytes deterministic and loading fast.
         np.savez(out_dir / f"{name}.npz", x=x[idx], y=y[idx], ids=ids[idx])
     (out_dir / "classes.json").write_text(json.dumps(classes) + "\n")
+    if error := leakage_error(out_dir):  # the same image in two splits
+        raise PrepareError(error)
     return {name: len(idx) for name, idx in splits.items()}
 
 

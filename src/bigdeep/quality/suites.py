@@ -629,8 +629,8 @@ def _series_validity(d: SeriesData, t: Timeline, numeric: frozenset[str]) -> lis
                 f"({t.zone_kind or '?'}; zones seen: {_zones(t)})"
             ),
             observed_column="timestamp_zone",
-            column="ts_zone_kind",
-            value_set=[t.zone_kind] if t.zone_kind else [],
+            column="ts_zone_offset",
+            value_set=[t.zone_kind != "naive"],
         ),
         _expect(
             gxe.ExpectColumnValuesToBeInSet,
