@@ -59,7 +59,10 @@ def test_overrides_keep_comments_validate_and_report_change(tmp_path):
 
     path = tmp_path / "params.yaml"
     path.write_text((ROOT / "params.yaml").read_text())
-    assert apply_overrides(path, {"train.cnn.epochs": "3", "data.series.features": "[Temperature]"}) is True
+    assert (
+        apply_overrides(path, {"train.cnn.epochs": "3", "data.series.features": "[Temperature]"})
+        is True
+    )
     assert load_settings(path).train.cnn.epochs == 3
     assert "# cap per class at ingest" in path.read_text()  # comments survive
     assert apply_overrides(path, {"train.cnn.epochs": "3"}) is False  # no change, no write
