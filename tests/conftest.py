@@ -32,6 +32,10 @@ def _one_thread():
 @pytest.fixture
 def mlflow_uri(tmp_path, monkeypatch) -> str:
     """A real MLflow store (SQLite) in tmp_path, also seen by subprocesses."""
+    import mlflow
+
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    # mlflow.set_tracking_uri() from an earlier test would win over the variable in-process
+    mlflow.set_tracking_uri(uri)
     return uri
