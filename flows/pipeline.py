@@ -277,7 +277,7 @@ def pipeline(
             s.run = json.loads((Path(project) / files.model_dir / "run.json").read_text())
         except StageFailed as e:
             errors.append(str(e))
-    if any(s.model for s in summaries):
+    if any(s.model and "ran" in s.stages.values() for s in summaries):  # something new to push
         push_data(project)
     text = summarize(project, summaries)
     create_markdown_artifact(

@@ -396,18 +396,17 @@ def _common_params(settings: Settings) -> dict[str, Any]:
 # --- the two stages --------------------------------------------------------------------------
 
 
-def train_cnn(settings: Settings, paths: Paths, resume: bool | None = None) -> TrainResult:
+def build_image_job(settings: Settings, data_dir: Path, seed: int | None = None):
+    """(ImageDataModule set up, ImageClassifier) as params.yaml describes them."""
     from bigdeep.data.modules import ImageDataModule
     from bigdeep.models.cnn import ImageClassifier
 
-    check_reachable(settings.mlflow)  # fail now, not after training
     cfg, tcfg = settings.train.cnn, settings.train.trainer
-    configure_torch(tcfg, settings.seed)
     dm = ImageDataModule(
-        paths.data,
+        data_dir,
         batch_size=cfg.batch_size,
         num_workers=tcfg.num_workers,
-        seed=settings.seed,
+        seed=settings.seed if seed is None else seed,
         augment_rotate=cfg.augment_rotate,
         augment_shift=cfg.augment_shift,
         augment_scale=cfg.augment_scale,
@@ -426,6 +425,46 @@ def train_cnn(settings: Settings, paths: Paths, resume: bool | None = None) -> T
         label_smoothing=cfg.label_smoothing,
         channels_last=cfg.channels_last,
     )
+    return dm, model
+
+
+def build_series_job(settings: Settings, data_dir: Path, seed: int | None = None):
+    """(SeriesDataModule set up, SeriesForecaster) as params.yaml describes them."""
+    from bigdeep.data.modules import SeriesDataModule
+    from bigdeep.models.rnn import SeriesForecaster
+
+    cfg, tcfg = settings.train.rnn, settings.train.trainer
+    dm = SeriesDataModule(
+        data_dir,
+        window=cfg.window,
+        horizon=cfg.horizon,
+        batch_size=cfg.batch_size,
+        num_workers=tcfg.num_workers,
+        seed=settings.seed if seed is None else seed,
+        calendar=list(cfg.calendar),
+        calendar_tz=cfg.calendar_tz,
+    )
+    dm.setup("fit")
+    model = SeriesForecaster(
+        n_features=dm.n_features,
+        cell=cfg.cell,
+        layers=cfg.layers,
+        hidden=cfg.hidden,
+        dropout=cfg.dropout,
+        horizon=cfg.horizon,
+        lr=cfg.lr,
+        schedule=cfg.schedule,
+        weight_decay=cfg.weight_decay,
+        grad_clip=cfg.grad_clip,
+    )
+    return dm, model
+
+
+def train_cnn(settings: Settings, paths: Paths, resume: bool | None = None) -> TrainResult:
+    check_reachable(settings.mlflow)  # fail now, not after training
+    cfg, tcfg = settings.train.cnn, settings.train.trainer
+    configure_torch(tcfg, settings.seed)
+    dm, model = build_image_job(settings, paths.data)
 
     def evaluate_cnn(trainer: pl.Trainer, plots: Path) -> dict[str, float]:
         tested = trainer.test(model, datamodule=dm, verbose=False)[0]
@@ -461,35 +500,10 @@ def train_cnn(settings: Settings, paths: Paths, resume: bool | None = None) -> T
 
 
 def train_rnn(settings: Settings, paths: Paths, resume: bool | None = None) -> TrainResult:
-    from bigdeep.data.modules import SeriesDataModule
-    from bigdeep.models.rnn import SeriesForecaster
-
     check_reachable(settings.mlflow)  # fail now, not after training
     cfg, tcfg = settings.train.rnn, settings.train.trainer
     configure_torch(tcfg, settings.seed)
-    dm = SeriesDataModule(
-        paths.data,
-        window=cfg.window,
-        horizon=cfg.horizon,
-        batch_size=cfg.batch_size,
-        num_workers=tcfg.num_workers,
-        seed=settings.seed,
-        calendar=list(cfg.calendar),
-        calendar_tz=cfg.calendar_tz,
-    )
-    dm.setup("fit")
-    model = SeriesForecaster(
-        n_features=dm.n_features,
-        cell=cfg.cell,
-        layers=cfg.layers,
-        hidden=cfg.hidden,
-        dropout=cfg.dropout,
-        horizon=cfg.horizon,
-        lr=cfg.lr,
-        schedule=cfg.schedule,
-        weight_decay=cfg.weight_decay,
-        grad_clip=cfg.grad_clip,
-    )
+    dm, model = build_series_job(settings, paths.data)
 
     def evaluate_rnn(trainer: pl.Trainer, plots: Path) -> dict[str, float]:
         tested = trainer.test(model, datamodule=dm, verbose=False)[0]

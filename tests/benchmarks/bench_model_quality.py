@@ -43,9 +43,10 @@ from bigdeep import evaluate
 from bigdeep.config import Settings, load_settings
 from bigdeep.data.modules import ImageDataModule, SeriesDataModule
 from bigdeep.ingest import ingest_images, ingest_series
-from bigdeep.models.cnn import ImageClassifier, build_cnn
-from bigdeep.models.rnn import SeriesForecaster, SeriesNet
+from bigdeep.models.cnn import build_cnn
+from bigdeep.models.rnn import SeriesNet
 from bigdeep.prepare import prepare_images, prepare_series
+from bigdeep.train import build_image_job, build_series_job
 
 SEED_LR, SEED_EPOCHS, SEED_BATCH = 1e-3, 10, 64
 
@@ -161,28 +162,7 @@ def lightning_fit(model: pl.LightningModule, dm: pl.LightningDataModule, epochs:
 def bigdeep_cnn(data: Path, settings: Settings, seed: int) -> dict[str, float]:
     cfg = settings.train.cnn
     pl.seed_everything(seed, verbose=False)
-    dm = ImageDataModule(
-        data / "images",
-        batch_size=cfg.batch_size,
-        seed=seed,
-        augment_rotate=cfg.augment_rotate,
-        augment_shift=cfg.augment_shift,
-        augment_scale=cfg.augment_scale,
-    )
-    dm.setup("fit")
-    model = ImageClassifier(
-        num_classes=dm.num_classes,
-        conv=cfg.conv,
-        dense=cfg.dense,
-        lr=cfg.lr,
-        image_size=dm.image_size,
-        input_mean=dm.pixel_mean,
-        input_std=dm.pixel_std,
-        schedule=cfg.schedule,
-        weight_decay=cfg.weight_decay,
-        label_smoothing=cfg.label_smoothing,
-        channels_last=cfg.channels_last,
-    )
+    dm, model = build_image_job(settings, data / "images", seed=seed)
     trainer, wall = lightning_fit(model, dm, cfg.epochs, cfg.patience)
     (tested,) = trainer.test(model, datamodule=dm, verbose=False)
     return {"test_acc": tested["test_acc"], "wall_s": wall, "epochs": trainer.current_epoch}
@@ -191,28 +171,7 @@ def bigdeep_cnn(data: Path, settings: Settings, seed: int) -> dict[str, float]:
 def bigdeep_lstm(data: Path, settings: Settings, seed: int) -> dict[str, float]:
     cfg = settings.train.rnn
     pl.seed_everything(seed, verbose=False)
-    dm = SeriesDataModule(
-        data / "series",
-        window=cfg.window,
-        horizon=cfg.horizon,
-        batch_size=cfg.batch_size,
-        seed=seed,
-        calendar=cfg.calendar,
-        calendar_tz=cfg.calendar_tz,
-    )
-    dm.setup("fit")
-    model = SeriesForecaster(
-        n_features=dm.n_features,
-        cell=cfg.cell,
-        layers=cfg.layers,
-        hidden=cfg.hidden,
-        dropout=cfg.dropout,
-        horizon=cfg.horizon,
-        lr=cfg.lr,
-        schedule=cfg.schedule,
-        weight_decay=cfg.weight_decay,
-        grad_clip=cfg.grad_clip,
-    )
+    dm, model = build_series_job(settings, data / "series", seed=seed)
     trainer, wall = lightning_fit(model, dm, cfg.epochs, cfg.patience)
     metrics = _forecast_metrics(model, dm, cfg.seasonal_period)
     return {**metrics, "wall_s": wall, "epochs": trainer.current_epoch}
