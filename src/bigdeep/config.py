@@ -138,6 +138,9 @@ class QualitySettings(Strict):
 class ImagePrepare(Strict):
     val_fraction: float = Field(0.1, gt=0, lt=1)
     test_fraction: float = Field(0.2, gt=0, lt=1)
+    # Keep the test set a source ships (MNIST's t10k IDX files) as the test split, so test
+    # accuracy is comparable with published figures; test_fraction applies to other sources.
+    source_test: bool = True
 
 
 class SeriesPrepare(Strict):
@@ -161,6 +164,8 @@ class Trainer(Strict):
     precision: str | None = None  # null: bf16-mixed on a GPU that supports it, else 32-true
     threads: int | None = Field(1, ge=1)  # torch CPU threads; see README (2-core machines)
     num_workers: int = Field(0, ge=0)
+    pin_memory: bool | None = None  # null: on when training on a GPU
+    memory_mb: float = Field(4096, ge=0)  # larger image splits (as float32) stream from disk
     limit_train_batches: float | int = 1.0
     deterministic: bool = True
 

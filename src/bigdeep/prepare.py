@@ -3,7 +3,8 @@
     bigdeep prepare images --raw data/raw/images --quarantine data/quarantine/images --out data/processed/images
     bigdeep prepare series --raw data/raw/series --quarantine data/quarantine/series --out data/processed/series
 
-Images: decoded to uint8 arrays, split stratified by class with a seeded generator.
+Images: decoded to uint8 arrays, split stratified by class with a seeded generator, rows
+stored in a seeded random order; a test set the source ships (MNIST's t10k IDX files) stays the test split (`prepare.images.source_test`).
 Series: resampled, split in time order (train, then val, then test); the scaler is fitted
 on the train rows only, so nothing about the future leaks into training.
 """
@@ -20,6 +21,7 @@ import pandas as pd
 from PIL import Image
 
 from bigdeep.config import ImagePrepare, SeriesData, SeriesPrepare
+from bigdeep.data.sources import source_split
 from bigdeep.data.store import read_all
 from bigdeep.quality.leakage import leakage_error
 
@@ -41,7 +43,10 @@ def quarantined_records(quarantine_dir: Path) -> set[str]:
 def stratified_split(
     labels: np.ndarray, val_fraction: float, test_fraction: float, seed: int
 ) -> dict[str, np.ndarray]:
-    """Indices per split; each class is cut in the same proportions. Pure and seeded."""
+    """Indices per split; each class is cut in the same proportions. Pure and seeded.
+
+    `test_fraction` 0 leaves the test split empty (the caller has one already).
+    """
     rng = np.random.default_rng(seed)
     parts: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": []}
     for cls in np.unique(labels):
@@ -53,11 +58,31 @@ def stratified_split(
         parts["train"].append(idx[n_test + n_val :])
     out = {k: np.sort(np.concatenate(v)) for k, v in parts.items()}
     for name, idx in out.items():
-        if len(idx) == 0:
+        if len(idx) == 0 and not (name == "test" and test_fraction == 0):
             raise PrepareError(
                 f"split {name!r} is empty: {len(labels)} images are too few for these fractions"
             )
     return out
+
+
+def image_splits(
+    labels: np.ndarray, record_ids: np.ndarray, cfg: ImagePrepare, seed: int
+) -> tuple[dict[str, np.ndarray], str]:
+    """(indices per split, where the test split came from: "source" or "random").
+
+    With `cfg.source_test` and records the source put in its test set, those records are
+    the test split and val is drawn (stratified) from the rest; otherwise all three splits
+    are drawn with `cfg.val_fraction` / `cfg.test_fraction`.
+    """
+    in_test = np.array([source_split(str(r)) == "test" for r in record_ids], dtype=bool)
+    if not (cfg.source_test and in_test.any()):
+        return stratified_split(labels, cfg.val_fraction, cfg.test_fraction, seed), "random"
+    rest = np.flatnonzero(~in_test)
+    if len(rest) == 0:
+        raise PrepareError("every record is in the source's test set: nothing left to train on")
+    inner = stratified_split(labels[rest], cfg.val_fraction, 0.0, seed)
+    splits = {"train": rest[inner["train"]], "val": rest[inner["val"]]}
+    return splits | {"test": np.flatnonzero(in_test)}, "source"
 
 
 def decode_grey(data: bytes) -> np.ndarray:
@@ -73,7 +98,7 @@ def prepare_images(
     cfg: ImagePrepare,
     classes: list[str],
     seed: int,
-) -> dict[str, int]:
+) -> dict[str, int | str]:
     frame = read_all(raw_dir)
     frame = frame[~frame["record_id"].isin(quarantined_records(quarantine_dir))]
     unknown = sorted(set(frame["label"]) - set(classes))
@@ -84,16 +109,21 @@ def prepare_images(
     x = np.stack([decode_grey(b) for b in frame["image"]])  # (N, H, W) uint8
     y = frame["label"].map({c: i for i, c in enumerate(classes)}).to_numpy(np.int64)
     ids = np.array([hashlib.sha256(b).hexdigest() for b in frame["image"]])
-    splits = stratified_split(y, cfg.val_fraction, cfg.test_fraction, seed)
+    splits, test_from = image_splits(y, frame["record_id"].to_numpy(), cfg, seed)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng([seed, 1])
     for name, idx in splits.items():
-        # np.savez (not _compressed) keeps the bytes deterministic and loading fast.
+        # Rows in a seeded random order: a data module that streams a split in blocks of
+        # consecutive rows (too big for memory) then finds every class in every block,
+        # whatever order the source listed them in (a folder source lists class by class).
+        idx = rng.permutation(idx)
+        # np.savez (not _compressed): deterministic bytes, and the arrays can be mapped.
         np.savez(out_dir / f"{name}.npz", x=x[idx], y=y[idx], ids=ids[idx])
     (out_dir / "classes.json").write_text(json.dumps(classes) + "\n")
     if error := leakage_error(out_dir):  # the same image in two splits
         raise PrepareError(error)
-    return {name: len(idx) for name, idx in splits.items()}
+    return {name: len(idx) for name, idx in splits.items()} | {"test_from": test_from}
 
 
 # --- series ----------------------------------------------------------------------------------

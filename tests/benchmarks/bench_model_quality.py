@@ -3,11 +3,16 @@
     python tests/benchmarks/bench_model_quality.py                  # builds the data, seed 42
     python tests/benchmarks/bench_model_quality.py --seeds 42 1 2   # several seeds, and means
     python tests/benchmarks/bench_model_quality.py --data data/processed --only rnn
+    python tests/benchmarks/bench_model_quality.py --only cnn \
+        --set data.images.source=idx:<dir of MNIST IDX files> --set data.images.per_class=null
 
 Data: the builtin sources (5,000 MNIST digits; the newest 365 days of Victoria's electricity
 demand), ingested and prepared with params.yaml's settings into a temporary directory (the
 quality gate is skipped: nothing is quarantined), or `--data` with `images/` and `series/`
-already prepared. Both contenders see the same splits and the same seed.
+already prepared, or other sources given with `--set` (params.yaml keys, as in `bigdeep run
+--set`). Both contenders see the same splits and the same seed. With MNIST's IDX files
+(`idx:`), the 10,000 t10k images are the test split (`prepare.images.source_test`), so test
+accuracy is comparable with published figures.
 
   seed     the issue's baselines, hand-written: Adam at 1e-3, constant rate, no augmentation,
            no input standardisation, no calendar inputs, no clipping; 10 epochs, batch 64,
@@ -16,7 +21,7 @@ already prepared. Both contenders see the same splits and the same seed.
            fitted as the pipeline fits them (deterministic, one thread, validation every epoch,
            early stopping on val_loss), evaluated with `trainer.test` and `evaluate`.
 
-Targets (issue 4): CNN test accuracy >= 98.0%; LSTM test MAE <= 0.40 x the naive (last
+Targets (issue 4): CNN test accuracy >= 98.0% on the builtin digits, >= 99.3% on full MNIST; LSTM test MAE <= 0.40 x the naive (last
 hour) forecast's; each model trains in under ~60 s on this 2-core machine. Wall times are
 the training loops only (fit, not data loading or evaluation) and are noisy when the machine
 is shared.
@@ -26,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import statistics
 import tempfile
 import time
@@ -40,7 +46,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from bigdeep import evaluate
-from bigdeep.config import Settings, load_settings
+from bigdeep.config import Settings, apply_overrides, load_settings
 from bigdeep.data.modules import ImageDataModule, SeriesDataModule
 from bigdeep.ingest import ingest_images, ingest_series
 from bigdeep.models.cnn import build_cnn
@@ -201,9 +207,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", type=Path, help="prepared data with images/ and series/")
     parser.add_argument("--seeds", type=int, nargs="+", help="default: params.yaml's seed")
     parser.add_argument("--only", choices=["cnn", "rnn"])
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a params.yaml key for this run (the file itself is left alone)",
+    )
     args = parser.parse_args(argv)
 
-    settings = load_settings(args.params)
+    settings = _settings(args.params, args.set)
     seeds = args.seeds or [settings.seed]
     torch.set_num_threads(settings.train.trainer.threads or 1)  # the pipeline's setting
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
@@ -220,6 +233,17 @@ def main(argv: list[str] | None = None) -> None:
             _compare_cnn(data, settings, seeds)
 
 
+def _settings(params: Path, overrides: list[str]) -> Settings:
+    if not overrides:
+        return load_settings(params)
+    pairs = dict(o.split("=", 1) for o in overrides)
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp) / "params.yaml"
+        shutil.copyfile(params, copy)
+        apply_overrides(copy, pairs)  # validated: a wrong key fails, naming it
+        return load_settings(copy)
+
+
 def _compare_cnn(data: Path, settings: Settings, seeds: list[int]) -> None:
     print(f"\nCNN, test accuracy on {len(np.load(data / 'images' / 'test.npz')['y'])} images")
     print(f"{'model':<8} {'seed':>5} {'test acc':>9} {'wall s':>7} {'epochs':>7}")
@@ -232,7 +256,7 @@ def _compare_cnn(data: Path, settings: Settings, seeds: list[int]) -> None:
     if len(seeds) > 1:
         for name, r in runs.items():
             print(_row(name, "mean", _mean(r)))
-    print("target: bigdeep >= 98.00%, wall < ~60 s")
+    print("target: bigdeep >= 98.00% (builtin digits) / >= 99.30% (full MNIST, t10k test set)")
 
 
 def _compare_lstm(data: Path, settings: Settings, seeds: list[int]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
@@ -9,8 +10,10 @@ import pandas as pd
 import pytest
 
 from bigdeep.config import ImagePrepare, SeriesData, SeriesPrepare, Settings
+from bigdeep.data.store import read_all
 from bigdeep.ingest import ingest_images
 from bigdeep.prepare import PrepareError, prepare_images, prepare_series_frame, stratified_split
+from tests.unit.test_ingest import write_idx
 
 
 def test_stratified_split_is_seeded_disjoint_and_proportional():
@@ -44,12 +47,53 @@ def test_prepare_images_drops_quarantined_records(tmp_path):
     counts = prepare_images(
         tmp_path / "raw", quarantine, tmp_path / "out", ImagePrepare(), classes, seed=0
     )
-    assert sum(counts.values()) == 99
+    assert counts["train"] + counts["val"] + counts["test"] == 99
+    assert counts["test_from"] == "random"  # the builtin digits ship no test set
     splits = {k: np.load(tmp_path / "out" / f"{k}.npz") for k in ("train", "val", "test")}
     assert splits["train"]["x"].shape[1:] == (28, 28) and splits["train"]["x"].dtype == np.uint8
     ids = np.concatenate([s["ids"] for s in splits.values()])
     assert len(set(ids)) == 99  # no image in two splits
     assert json.loads((tmp_path / "out" / "classes.json").read_text()) == classes
+
+
+def idx_source(folder, rng) -> dict[str, np.ndarray]:
+    """MNIST-style IDX files: 60 train and 20 t10k images, every image distinct."""
+    labels = {}
+    for split, n in (("train", 60), ("t10k", 20)):
+        images = rng.integers(0, 256, size=(n, 28, 28))
+        labels[split] = np.arange(n) % 10
+        write_idx(folder / f"{split}-images-idx3-ubyte.gz", images)
+        write_idx(folder / f"{split}-labels-idx1-ubyte.gz", labels[split])
+    return labels
+
+
+@pytest.mark.parametrize("source_test", [True, False])
+def test_a_test_set_the_source_ships_stays_the_test_split(tmp_path, source_test):
+    src = tmp_path / "mnist"
+    src.mkdir()
+    labels = idx_source(src, np.random.default_rng(0))
+    settings = Settings.model_validate(
+        {"data": {"images": {"source": f"idx:{src}", "per_class": None}}}
+    )
+    ingest_images(settings, tmp_path / "raw")
+    (tmp_path / "q").mkdir()
+    cfg = ImagePrepare(val_fraction=0.1, test_fraction=0.2, source_test=source_test)
+    classes = [str(d) for d in range(10)]
+    counts = prepare_images(tmp_path / "raw", tmp_path / "q", tmp_path / "out", cfg, classes, 0)
+
+    test = np.load(tmp_path / "out" / "test.npz")
+    t10k = read_all(tmp_path / "raw")
+    t10k = t10k[t10k["record_id"].str.startswith("idx:test/")]
+    t10k_ids = {hashlib.sha256(b).hexdigest() for b in t10k["image"]}
+    if source_test:
+        assert counts["test_from"] == "source"
+        assert set(test["ids"]) == t10k_ids  # exactly the t10k images, none of train's
+        np.testing.assert_array_equal(np.sort(test["y"]), np.sort(labels["t10k"]))
+        assert (counts["train"], counts["val"]) == (50, 10)  # val: round(10% x 6) per class
+    else:
+        assert counts["test_from"] == "random"
+        assert counts["test"] == 20  # round(20% x 8) per class, drawn from all 80
+        assert set(test["ids"]) != t10k_ids
 
 
 def series_frame(n: int) -> pd.DataFrame:

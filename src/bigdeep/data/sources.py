@@ -166,6 +166,20 @@ def _idx_dir(folder: Path) -> Iterator[tuple[str, str, str, bytes]]:
         )
 
 
+def source_split(record_id: str) -> str | None:
+    """The split a record's source put it in ("train" / "test"), or None if it has none.
+
+    Only IDX sources have one: MNIST ships a fixed 10,000-image test set (t10k), and
+    published accuracies are measured on it. Record ids are `idx:<split>/<index>`.
+    """
+    scheme, _, rest = record_id.partition(":")
+    if scheme == "idx":
+        split = rest.split("/", 1)[0]
+        if split in IDX_FILES:
+            return split
+    return None
+
+
 def _find_idx(folder: Path, name: str) -> Path | None:
     for candidate in (folder / name, folder / f"{name}.gz", folder / name.replace("-idx", ".idx")):
         if candidate.exists():
