@@ -188,6 +188,13 @@ def precision_for(cfg: Trainer) -> str:
     return "32-true"
 
 
+def pin_memory_for(cfg: Trainer) -> bool:
+    """Page-locked batches speed host-to-GPU copies; on the CPU they only cost."""
+    if cfg.pin_memory is not None:
+        return cfg.pin_memory
+    return cfg.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+
+
 def make_trainer(
     cfg: Trainer, epochs: int, patience: int, history: EpochHistory, checkpoints: Path
 ) -> pl.Trainer:
@@ -406,7 +413,9 @@ def build_image_job(settings: Settings, data_dir: Path, seed: int | None = None)
         data_dir,
         batch_size=cfg.batch_size,
         num_workers=tcfg.num_workers,
+        pin_memory=pin_memory_for(tcfg),
         seed=settings.seed if seed is None else seed,
+        memory_mb=tcfg.memory_mb,
         augment_rotate=cfg.augment_rotate,
         augment_shift=cfg.augment_shift,
         augment_scale=cfg.augment_scale,
@@ -440,6 +449,7 @@ def build_series_job(settings: Settings, data_dir: Path, seed: int | None = None
         horizon=cfg.horizon,
         batch_size=cfg.batch_size,
         num_workers=tcfg.num_workers,
+        pin_memory=pin_memory_for(tcfg),
         seed=settings.seed if seed is None else seed,
         calendar=list(cfg.calendar),
         calendar_tz=cfg.calendar_tz,

@@ -79,9 +79,9 @@ def _all(loader) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat(xs), torch.cat(ys)
 
 
-def _trainer(**kwargs) -> pl.Trainer:
+def _trainer(max_epochs: int = 1, **kwargs) -> pl.Trainer:
     return pl.Trainer(
-        max_epochs=1,
+        max_epochs=max_epochs,
         accelerator="cpu",
         logger=False,
         enable_checkpointing=False,
@@ -129,6 +129,95 @@ def test_images_train_is_shuffled_by_seed_and_covers_each_image_once(tmp_path: P
     assert order != list(range(40))  # shuffled
     assert train_order(seed=1) == order  # same seed, same order
     assert train_order(seed=2) != order
+
+
+def _fills(x: torch.Tensor) -> list[int]:
+    return (x[:, 0, 0, 0] * 255).round().int().tolist()  # an image's fill value = its row
+
+
+def _streamed(data_dir: Path, block_rows: int = 16, **kwargs) -> ImageDataModule:
+    """A data module over the tiny files that streams every split (memory_mb=0)."""
+    block_mb = block_rows * 28 * 28 / 2**20  # block_rows rows of 28 x 28 uint8
+    dm = ImageDataModule(data_dir, memory_mb=0, block_mb=block_mb, **kwargs)
+    dm.setup("fit")
+    return dm
+
+
+def test_images_over_the_memory_limit_stream_every_image_once_per_epoch(tmp_path: Path):
+    write_images(tmp_path)
+    dm = _streamed(tmp_path, batch_size=6, seed=1, **NO_AUGMENT)
+    assert dm.streamed == ["train", "val", "test"] and dm.tensors == {}
+    loader = dm.train_dataloader()
+    epochs = []
+    for _ in range(2):
+        x, y = _all(loader)
+        assert sorted(_fills(x)) == list(range(40))  # every train image once, nothing else
+        assert y.tolist() == [f % 3 for f in _fills(x)]  # labels stay with their images
+        epochs.append(_fills(x))
+    assert epochs[0] != list(range(40)) and epochs[1] != epochs[0]  # reshuffled each epoch
+    # blocks of 16 rows: batches never mix blocks, so no batch is bigger than 6
+    assert len(loader) == 3 + 3 + 2 and max(len(b[1]) for b in loader) == 6
+    assert _fills(_all(_streamed(tmp_path, batch_size=6, seed=1).train_dataloader())[0]) != (
+        _fills(_all(_streamed(tmp_path, batch_size=6, seed=2).train_dataloader())[0])
+    )
+    x, y = _all(dm.val_dataloader())  # val: file order, never augmented
+    assert _fills(x) == list(range(40, 52)) and y.tolist() == [i % 3 for i in range(12)]
+
+
+def test_streamed_and_in_memory_images_agree(tmp_path: Path):
+    write_images(tmp_path)
+    loaded = ImageDataModule(tmp_path)
+    loaded.setup("fit")
+    streamed = _streamed(tmp_path)
+    assert (streamed.pixel_mean, streamed.pixel_std) == (loaded.pixel_mean, loaded.pixel_std)
+    for split in ("val", "test"):
+        x, y = _all(getattr(streamed, f"{split}_dataloader")())
+        assert torch.equal(x, loaded.tensors[split][0]) and torch.equal(y, loaded.tensors[split][1])
+
+
+def test_streamed_batches_are_dealt_evenly_to_processes_and_workers(tmp_path: Path, monkeypatch):
+    from bigdeep.data import modules
+
+    write_images(tmp_path)
+    # 40 rows in blocks of 16 and batches of 6: 3 + 3 + 2 = 8 batches per epoch
+    seen = {}
+    for rank in (0, 1, 2):  # three distributed processes: 8 // 3 = 2 batches each
+        monkeypatch.setattr(modules._StreamedImages, "_world", lambda self, r=rank: (r, 3))
+        dm = _streamed(tmp_path, batch_size=6, **NO_AUGMENT)
+        loader = dm.train_dataloader()
+        assert len(loader) == 2
+        seen[rank] = [_fills(x) for x, _ in loader]
+        assert len(seen[rank]) == 2
+    rows = [f for batches in seen.values() for b in batches for f in b]
+    assert len(rows) == len(set(rows))  # no image in two processes
+    monkeypatch.undo()
+
+    one = _all(_streamed(tmp_path, batch_size=6, **NO_AUGMENT).train_dataloader())
+    dm = _streamed(tmp_path, batch_size=6, num_workers=2, **NO_AUGMENT)
+    two = _all(dm.train_dataloader())  # the loader takes a batch from each worker in turn
+    assert torch.equal(one[0], two[0]) and torch.equal(one[1], two[1])
+
+
+def test_streamed_train_images_are_augmented_val_never(tmp_path: Path):
+    write_images(tmp_path)
+    dm = _streamed(tmp_path, batch_size=8, augment_rotate=20.0, augment_shift=0.2)
+    x, y = _all(dm.train_dataloader())
+    centre = (x[:, 0, 14, 14] * 255).round().int()  # inside the uniform fill after any move
+    assert sorted(centre.tolist()) == list(range(40)) and y.tolist() == (centre % 3).tolist()
+    moved = (x.flatten(1) != x[:, :, 14, 14]).any(dim=1)  # some pixel is not the fill
+    assert moved[centre > 0].float().mean() > 0.9
+    loaded = ImageDataModule(tmp_path)
+    loaded.setup("fit")
+    assert torch.equal(_all(dm.val_dataloader())[0], loaded.tensors["val"][0])
+
+
+def test_a_compressed_npz_is_loaded_not_streamed(tmp_path: Path):
+    write_images(tmp_path)
+    with np.load(tmp_path / "train.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    np.savez_compressed(tmp_path / "train.npz", **arrays)
+    dm = _streamed(tmp_path)
+    assert dm.streamed == ["val", "test"] and "train" in dm.tensors
 
 
 def test_images_batches_keep_image_and_label_together(tmp_path: Path):
@@ -357,9 +446,11 @@ def test_series_missing_meta_is_named(tmp_path: Path):
 # --- Lightning fits on the data modules -----------------------------------------------------
 
 
-def _cnn_fit(data_dir: Path, seed: int) -> tuple[ImageClassifier, pl.Trainer]:
+def _cnn_fit(
+    data_dir: Path, seed: int, epochs: int = 1, **dm_kwargs
+) -> tuple[ImageClassifier, pl.Trainer]:
     pl.seed_everything(seed, verbose=False)
-    dm = ImageDataModule(data_dir, batch_size=8, seed=seed)
+    dm = ImageDataModule(data_dir, batch_size=8, seed=seed, **dm_kwargs)
     dm.setup("fit")
     model = ImageClassifier(
         num_classes=dm.num_classes,
@@ -368,7 +459,7 @@ def _cnn_fit(data_dir: Path, seed: int) -> tuple[ImageClassifier, pl.Trainer]:
         input_mean=dm.pixel_mean,
         input_std=dm.pixel_std,
     )
-    trainer = _trainer()
+    trainer = _trainer(max_epochs=epochs)
     trainer.fit(model, datamodule=dm)
     return model, trainer
 
@@ -387,6 +478,20 @@ def test_cnn_fit_logs_epoch_metrics_and_exact_val_accuracy(tmp_path: Path):
     torch.testing.assert_close(metrics["val_acc"], expected)
     (result,) = trainer.test(model, datamodule=dm, verbose=False)
     assert set(result) == {"test_loss", "test_acc"}
+
+
+def test_cnn_fits_on_streamed_splits(tmp_path: Path):
+    # memory_mb=0: every split streams; OneCycle needs the loader's length up front
+    model, trainer = _cnn_fit(write_images(tmp_path), seed=0, epochs=2, memory_mb=0)
+    assert trainer.datamodule.streamed == ["train", "val", "test"]
+    assert trainer.global_step == 2 * 5  # 40 train images in batches of 8, twice
+    assert trainer.lr_scheduler_configs[0].scheduler.last_epoch == 10  # stepped every batch
+    loaded = ImageDataModule(tmp_path)
+    loaded.setup("test")
+    x, y = loaded.tensors["val"]
+    with torch.no_grad():
+        expected = (model(x).argmax(1) == y).float().mean()
+    torch.testing.assert_close(trainer.callback_metrics["val_acc"], expected)
 
 
 def test_cnn_checkpoint_loads_with_weights_only(tmp_path: Path):

@@ -4,9 +4,14 @@ Images: `<dir>/{train,val,test}.npz` (x uint8 (N, H, W), y int64 (N,), ids str (
 `<dir>/classes.json`. Series: `<dir>/series.parquet` (timestamp, target, features, split)
 and `<dir>/meta.json` (target, features, scaler, freq).
 
-Everything is held in memory as tensors and batches are cut with one tensor index per batch
-(`_Batched.__getitems__`), not one Python `__getitem__` per sample: on a CPU that
-per-sample loop, not the model, would otherwise bound the throughput at small batch sizes.
+A split that fits (`memory_mb`, counted as the float32 tensors it becomes) is held in memory
+and batches are cut with one tensor index per batch (`_Batched.__getitems__`), not one
+Python `__getitem__` per sample: on a CPU that per-sample loop, not the model, would
+otherwise bound the throughput at small batch sizes. A larger image split is streamed
+(`_StreamedImages`): its npz is memory-mapped, never loaded whole, and read in blocks of
+rows, block order and rows within a block shuffled per epoch; prepare stores rows in a
+seeded random order, so every block holds every class. The series stay in memory: a
+float32 row of a few columns is tiny (ten million hourly rows are about 200 MB).
 
 Training choices that belong to the data: random affine augmentation of the train images
 (`random_affine`, one vectorised op per batch) and calendar inputs for the series
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import struct
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,7 +33,7 @@ import pandas as pd
 import pytorch_lightning as pl
 import torch
 from torch.nn import functional as F
-from torch.utils.data import DataLoader, Dataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 SPLITS = ("train", "val", "test")
 
@@ -134,6 +140,134 @@ class _AugmentedImages(_Images):
         return random_affine(x, self.ranges, self._stream()), y
 
 
+class NotMappable(ValueError):
+    """An npz array that cannot be memory-mapped (compressed, or of Python objects)."""
+
+
+def npz_memmap(path: Path, name: str) -> np.ndarray:
+    """Array `name` of an uncompressed npz (np.savez), memory-mapped: nothing is read yet.
+
+    An npz is a zip of .npy files; a stored (uncompressed) member is a plain .npy at some
+    offset in the zip: after the zip's local header, the .npy header, then the raw array.
+    """
+    try:
+        with zipfile.ZipFile(path) as zf:
+            info = zf.getinfo(f"{name}.npy")
+    except KeyError:
+        raise ValueError(f"{path}: no array {name!r}; re-run `bigdeep prepare`") from None
+    except (zipfile.BadZipFile, OSError) as e:
+        raise ValueError(f"{path}: unreadable npz ({e}); re-run `bigdeep prepare`") from None
+    if info.compress_type != zipfile.ZIP_STORED:
+        raise NotMappable(
+            f"{path}: array {name!r} is compressed and cannot be streamed; "
+            "write it with np.savez (bigdeep prepare does)"
+        )
+    with open(path, "rb") as f:
+        f.seek(info.header_offset)
+        local = f.read(30)  # zip local file header; name and extra field lengths at 26..30
+        if local[:4] != b"PK\x03\x04":
+            raise ValueError(f"{path}: bad zip local header for {name!r}")
+        name_len, extra_len = struct.unpack("<HH", local[26:30])
+        f.seek(info.header_offset + 30 + name_len + extra_len)
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        else:
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        offset = f.tell()
+    if dtype.hasobject:
+        raise NotMappable(f"{path}: array {name!r} holds Python objects; cannot be streamed")
+    order = "F" if fortran else "C"
+    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order=order)
+
+
+class _StreamedImages(IterableDataset):
+    """An image split streamed from its npz in blocks of rows; yields whole batches.
+
+    Each pass is one epoch. Its batches are the same list in every process: the blocks
+    (`block_rows` consecutive rows each) in a random order, and within a block the rows in
+    a random order, cut into batches (train; in file order for val/test). Batch j goes to
+    distributed process j % world (the list is cut to a multiple of world, so every process
+    steps the same number of times, as DDP needs) and within a process to loader worker
+    j // world % workers; the loader takes one batch from each worker in turn, so a
+    process sees its batches in list order. Memory: one block (uint8) per worker.
+
+    The epoch number comes from `start_epoch` (the trainer's epoch when the loader was
+    made, so a resumed fit continues the sequence) plus the passes made since.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        labels: torch.Tensor,
+        batch_size: int,
+        block_rows: int,
+        shuffle: bool,
+        seed: int,
+        augment: Affine | None = None,
+    ) -> None:
+        self.path, self.labels = Path(path), labels  # labels (N,) int64, in memory
+        self.batch_size, self.block_rows = batch_size, max(int(block_rows), batch_size)
+        self.shuffle, self.seed, self.augment = shuffle, seed, augment
+        self.start_epoch, self._passes = 0, 0
+        self._x: np.ndarray | None = None
+
+    def _world(self) -> tuple[int, int]:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_rank(), torch.distributed.get_world_size()
+        return 0, 1
+
+    def batches(self, epoch: int) -> list[tuple[int, np.ndarray]]:
+        """The epoch's batches, for all processes: (block start row, row offsets in it)."""
+        n = len(self.labels)
+        starts = np.arange(0, n, self.block_rows)
+        rng = np.random.default_rng([self.seed, epoch])
+        if self.shuffle:
+            starts = rng.permutation(starts)
+        out = []
+        for start in starts:
+            rows = min(self.block_rows, n - int(start))
+            order = rng.permutation(rows) if self.shuffle else np.arange(rows)
+            for i in range(0, rows, self.batch_size):
+                out.append((int(start), np.sort(order[i : i + self.batch_size])))
+        return out
+
+    def __len__(self) -> int:
+        """Batches per epoch in this process (the same in every epoch)."""
+        n_blocks, tail = divmod(len(self.labels), self.block_rows)
+        per_block = math.ceil(self.block_rows / self.batch_size)
+        total = n_blocks * per_block + math.ceil(tail / self.batch_size)
+        return total // self._world()[1]
+
+    def __iter__(self):
+        epoch = self.start_epoch + self._passes
+        self._passes += 1
+        rank, world = self._world()
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        rows = self._memmap()  # (N, H, W) uint8, on disk
+        mine = self.batches(epoch)[: len(self) * world][rank::world][worker::workers]
+        generator = torch.Generator().manual_seed(self.seed * 1000 + 7 * epoch + worker + 1)
+        block_start, block = -1, None
+        for start, offsets in mine:
+            if start != block_start:  # one contiguous read per block
+                block_start = start
+                block = torch.from_numpy(np.array(rows[start : start + self.block_rows]))
+            x = block[torch.from_numpy(offsets)].unsqueeze(1).float().div_(255.0)
+            y = self.labels[torch.from_numpy(start + offsets)]
+            if self.augment is not None:
+                x = random_affine(x, self.augment, generator)
+            yield x, y  # (B, 1, H, W) float32 in [0, 1], (B,) int64
+
+    def _memmap(self) -> np.ndarray:
+        if self._x is None:
+            self._x = npz_memmap(self.path, "x")  # mapped in the process that reads it
+        return self._x
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_x": None}  # workers map the file themselves
+
+
 class _Windows(_Batched):
     """Sample i: inputs values[rows[i] - window : rows[i]], label target[rows[i] : + horizon]."""
 
@@ -168,16 +302,27 @@ class _InMemoryDataModule(pl.LightningDataModule):
         self.num_workers = num_workers
         self.pin_memory = pin_memory
         self.seed = seed
-        self._datasets: dict[str, _Batched] = {}
+        self._datasets: dict[str, _Batched | _StreamedImages] = {}
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         if split not in self._datasets:
             raise RuntimeError(f"call setup() before asking for the {split!r} loader")
+        dataset = self._datasets[split]
+        if isinstance(dataset, _StreamedImages):  # yields whole batches, shuffles itself
+            dataset.start_epoch = self.trainer.current_epoch if self.trainer else 0
+            dataset._passes = 0
+            return DataLoader(
+                dataset,
+                batch_size=None,
+                num_workers=self.num_workers,
+                pin_memory=self.pin_memory,
+                persistent_workers=self.num_workers > 0,
+            )
         # A fresh seeded generator per loader: the shuffling order depends only on `seed`
         # (and the epoch), not on what else consumed random numbers before.
         generator = torch.Generator().manual_seed(self.seed) if shuffle else None
         return DataLoader(
-            self._datasets[split],
+            dataset,
             batch_size=self.batch_size,
             shuffle=shuffle,
             generator=generator,
@@ -213,6 +358,10 @@ class ImageDataModule(_InMemoryDataModule):
     `augment_shift` (fraction of the image) and `augment_scale` (relative); all 0 turns it
     off. Val and test images are never changed. `pixel_mean` / `pixel_std`: statistics of the
     train images, for the model's input standardisation.
+
+    A split whose float32 tensors would take more than `memory_mb` is streamed from its
+    file (`_StreamedImages`, blocks of `block_mb` of uint8 rows) instead of loaded;
+    `streamed` names those splits. `tensors` and `ids` hold the splits kept in memory.
     """
 
     def __init__(
@@ -225,10 +374,18 @@ class ImageDataModule(_InMemoryDataModule):
         augment_rotate: float = 10.0,
         augment_shift: float = 0.07,
         augment_scale: float = 0.1,
+        memory_mb: float = 4096,
+        block_mb: float = 256,
     ) -> None:
         super().__init__(batch_size, num_workers, pin_memory, seed)
+        if not (memory_mb >= 0 and block_mb > 0):
+            raise ValueError(
+                f"memory_mb must be >= 0 and block_mb > 0, got {memory_mb}, {block_mb}"
+            )
         self.data_dir = Path(data_dir)
         self.augment = Affine(augment_rotate, augment_shift, augment_scale)
+        self.memory_mb, self.block_mb = memory_mb, block_mb
+        self.streamed: list[str] = []
         self.classes: list[str] = []
         self.image_size: tuple[int, int] = (0, 0)
         self.pixel_mean, self.pixel_std = 0.0, 1.0
@@ -240,31 +397,56 @@ class ImageDataModule(_InMemoryDataModule):
         return len(self.classes)
 
     def setup(self, stage: str | None = None) -> None:
-        if self.tensors:  # loaded once, whatever the stage
+        if self._datasets:  # loaded once, whatever the stage
             return
         self.classes = _read_classes(self.data_dir / "classes.json")
         for split in SPLITS:
-            x, y, ids = _read_npz(self.data_dir / f"{split}.npz", self.num_classes)
+            path = self.data_dir / f"{split}.npz"
+            x, y, ids = _read_npz(path, self.num_classes, mmap=True)
             size = (x.shape[1], x.shape[2])
             if split == "train":
                 self.image_size = size
             elif size != self.image_size:
                 raise ValueError(
-                    f"{self.data_dir / f'{split}.npz'}: images are {size}, "
+                    f"{path}: images are {size}, "
                     f"train images are {self.image_size}; re-run `bigdeep prepare`"
                 )
-            images = torch.from_numpy(x).unsqueeze(1).float().div_(255.0)  # (N, 1, H, W)
             labels = torch.from_numpy(y.astype(np.int64))  # (N,)
-            self.tensors[split] = (images, labels)
-            self.ids[split] = ids
-            if split == "train" and self.augment.active:
-                self._datasets[split] = _AugmentedImages(images, labels, self.augment, self.seed)
+            if split == "train":
+                train_rows = x  # uint8 (N, H, W), mapped or read: for the pixel statistics
+            augment = self.augment if split == "train" and self.augment.active else None
+            too_big = x.size * 4 > self.memory_mb * 2**20  # as float32 tensors
+            if too_big and isinstance(x, np.memmap):
+                block_rows = int(self.block_mb * 2**20) // (size[0] * size[1])
+                self._datasets[split] = _StreamedImages(
+                    path, labels, self.batch_size, block_rows, split == "train", self.seed, augment
+                )
+                self.streamed.append(split)
+                continue
+            images = torch.from_numpy(np.array(x)).unsqueeze(1).float().div_(255.0)
+            self.tensors[split] = (images, labels)  # (N, 1, H, W), (N,)
+            self.ids[split] = np.array(ids)
+            if augment is not None:
+                self._datasets[split] = _AugmentedImages(images, labels, augment, self.seed)
             else:
                 self._datasets[split] = _Images(images, labels)
-        train = self.tensors["train"][0]
-        # float64 sums: a float32 mean over millions of pixels drifts
-        self.pixel_mean = float(train.double().mean())
-        self.pixel_std = float(train.double().std()) or 1.0
+        self.pixel_mean, self.pixel_std = _pixel_stats(train_rows)
+
+
+def _pixel_stats(x: np.ndarray, chunk_rows: int = 65536) -> tuple[float, float]:
+    """Mean and (unbiased) std of uint8 images (N, H, W) in [0, 1] units.
+
+    Read `chunk_rows` at a time (a streamed split is never loaded whole) with exact integer
+    sums, so the figures do not depend on the chunking, nor on whether the split streams.
+    """
+    total, squares, count = 0, 0, x.size
+    for i in range(0, len(x), chunk_rows):
+        chunk = np.asarray(x[i : i + chunk_rows], dtype=np.int64)
+        total += int(chunk.sum())
+        squares += int((chunk * chunk).sum())
+    mean = total / count
+    var = max(squares - count * mean * mean, 0.0) / max(count - 1, 1)
+    return mean / 255.0, (math.sqrt(var) / 255.0) or 1.0
 
 
 def _read_classes(path: Path) -> list[str]:
@@ -279,14 +461,25 @@ def _read_classes(path: Path) -> list[str]:
     return [str(c) for c in classes]
 
 
-def _read_npz(path: Path, num_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(x uint8 (N, H, W), y int (N,), ids (N,)), checked; errors name the file."""
+def _read_npz(
+    path: Path, num_classes: int, mmap: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(x uint8 (N, H, W), y int (N,), ids (N,)), checked; errors name the file.
+
+    `mmap`: x and ids are memory-mapped (see `npz_memmap`), not read; y is read.
+    """
     try:
         with np.load(path, allow_pickle=False) as z:
             missing = {"x", "y", "ids"} - set(z.files)
             if missing:
                 raise ValueError(f"{path}: missing array(s) {sorted(missing)}; has {z.files}")
-            x, y, ids = z["x"], z["y"], z["ids"]
+            y = z["y"]
+            try:
+                if not mmap:
+                    raise NotMappable("not asked to")
+                x, ids = npz_memmap(path, "x"), npz_memmap(path, "ids")
+            except NotMappable:  # e.g. np.savez_compressed: read it (it cannot stream)
+                x, ids = z["x"], z["ids"]
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: not found (run `bigdeep prepare` first)") from None
     except (zipfile.BadZipFile, EOFError, OSError) as e:
