@@ -7,7 +7,9 @@
 Same model, same synthetic data, same batch size, one CPU thread, deterministic algorithms,
 glibc's heap kept (see `keep_heap`).
 Lightning runs on the pipeline's data modules (files written to a temp dir, loaded into
-memory) with per-epoch logging, no progress bar, no checkpointing, no logger. The bare loop
+memory) with the pipeline's logging: epoch means (`EpochMeans`) sent to MLflow by its
+`EpochHistory` logger, into a SQLite store in the temp dir (`--no-mlflow` for no logger);
+no progress bar, no checkpointing. The bare loop
 slices the same tensors, pre-built, with a random permutation (the fastest hand-written loop)
 and does the same work by hand: the same `training_step` (forward, loss, epoch metric sums),
 backward, the model's optimiser and per-step schedule (`bigdeep.models.optim`), the RNN's
@@ -33,7 +35,7 @@ import statistics
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +47,7 @@ from bigdeep.data.modules import ImageDataModule, SeriesDataModule, random_affin
 from bigdeep.models.cnn import ImageClassifier
 from bigdeep.models.optim import make_optimizer, make_scheduler
 from bigdeep.models.rnn import SeriesForecaster
+from bigdeep.train import EpochHistory
 
 
 @dataclass(frozen=True)
@@ -88,9 +91,9 @@ def write_series_data(data_dir: Path, n: int) -> None:
     (data_dir / "meta.json").write_text(json.dumps(meta))
 
 
-def make_datamodule(case: Case, data_dir: Path) -> pl.LightningDataModule:
+def make_datamodule(case: Case, data_dir: Path, memory_mb: float = 4096) -> pl.LightningDataModule:
     if case.kind == "cnn":
-        dm = ImageDataModule(data_dir / "images", batch_size=case.batch_size)
+        dm = ImageDataModule(data_dir / "images", batch_size=case.batch_size, memory_mb=memory_mb)
     else:
         dm = SeriesDataModule(data_dir / "series", window=WINDOW, batch_size=case.batch_size)
     dm.setup("fit")
@@ -108,11 +111,16 @@ def train_tensors(dm: pl.LightningDataModule) -> tuple[torch.Tensor, torch.Tenso
 # --- the two contenders ---------------------------------------------------------------------
 
 
+PHASES = ("data", "forward", "backward", "optimizer")
+
+
 @dataclass
 class Timing:
     wall: float  # seconds over the training epochs
     cpu: float  # this process's CPU seconds over the same span
     steps: list[float]  # seconds between consecutive batch starts within an epoch
+    # `--phases`: seconds per step in each of PHASES (what the step time is made of)
+    phases: dict[str, list[float]] = field(default_factory=dict)
 
 
 def _step_times(stamps: list[float]) -> list[float]:
@@ -147,7 +155,12 @@ def make_model(case: Case, dm: pl.LightningDataModule, variant: str) -> pl.Light
 
 
 def run_bare(
-    case: Case, dm: pl.LightningDataModule, epochs: int, seed: int, variant: str
+    case: Case,
+    dm: pl.LightningDataModule,
+    epochs: int,
+    seed: int,
+    variant: str,
+    phases: bool = False,
 ) -> Timing:
     """A hand-written loop over in-memory tensors doing the model's work: its training_step
     (forward, loss, step metrics; `self.log` is a no-op without a trainer), backward, the
@@ -164,25 +177,34 @@ def run_bare(
     augment_generator = torch.Generator().manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     steps: list[float] = []
-    wall, cpu = time.perf_counter(), time.process_time()
+    split: dict[str, list[float]] = {p: [] for p in PHASES}
+    clock = time.perf_counter
+    wall, cpu = clock(), time.process_time()
     for _ in range(epochs):
         order = torch.randperm(len(y), generator=generator)
         stamps = []
         for i in range(0, len(y), case.batch_size):
-            stamps.append(time.perf_counter())
+            stamps.append(clock())
             idx = order[i : i + case.batch_size]
             xb = x[idx] if augment is None else random_affine(x[idx], augment, augment_generator)
+            t_data = clock() if phases else 0.0
             loss = model.training_step((xb, y[idx]), i)
             opt.zero_grad()
+            t_forward = clock() if phases else 0.0
             loss.backward()
+            t_backward = clock() if phases else 0.0
             if clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
             opt.step()
             if schedule is not None:
                 schedule.step()
+            if phases:
+                marks = (stamps[-1], t_data, t_forward, t_backward, clock())
+                for name, a, b in zip(PHASES, marks, marks[1:], strict=False):
+                    split[name].append(b - a)
         model.epoch_means.pop("train", lambda t: t)
         steps += _step_times(stamps)
-    return Timing(time.perf_counter() - wall, time.process_time() - cpu, steps)
+    return Timing(clock() - wall, time.process_time() - cpu, steps, split if phases else {})
 
 
 class StepTimer(pl.Callback):
@@ -206,18 +228,86 @@ class StepTimer(pl.Callback):
         )
 
 
+class PhaseTimer(StepTimer):
+    """`--phases`: also splits each step at Lightning's hooks, like `run_bare` splits its own.
+
+    data       previous batch end -> batch start: fetching (and augmenting) the next batch
+    forward    batch start -> before backward: training_step, zero_grad, loop bookkeeping
+    backward   the backward pass
+    optimizer  after backward -> batch end: clipping, optimiser step, schedule, bookkeeping
+    The extra hooks cost Lightning a few microseconds per step.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.split: dict[str, list[float]] = {p: [] for p in PHASES}
+        self._end: float | None = None
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_epoch_start(trainer, pl_module)
+        self._end = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
+        if self._end is not None:
+            self.split["data"].append(self.stamps[-1] - self._end)
+
+    def on_before_backward(self, trainer, pl_module, loss) -> None:
+        self._before = time.perf_counter()
+        self.split["forward"].append(self._before - self.stamps[-1])
+
+    def on_after_backward(self, trainer, pl_module) -> None:
+        self._after = time.perf_counter()
+        self.split["backward"].append(self._after - self._before)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        self._end = time.perf_counter()
+        self.split["optimizer"].append(self._end - self._after)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        self.timing.phases = self.split
+
+
+def mlflow_history(case: Case, store: Path) -> EpochHistory:
+    """The pipeline's logger (`bigdeep.train.EpochHistory`) on a fresh run in `store`."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
+    name = "bench_train"
+    experiment = client.get_experiment_by_name(name)
+    experiment_id = (
+        experiment.experiment_id
+        if experiment
+        else client.create_experiment(name, artifact_location=(store / "artifacts").as_uri())
+    )
+    run = client.create_run(experiment_id, run_name=case.name)
+    metric = "acc" if case.kind == "cnn" else "mae"
+    return EpochHistory(client, run.info.run_id, ("train_loss", f"train_{metric}"))
+
+
 def run_lightning(
-    case: Case, dm: pl.LightningDataModule, epochs: int, seed: int, variant: str
+    case: Case,
+    dm: pl.LightningDataModule,
+    epochs: int,
+    seed: int,
+    variant: str,
+    store: Path | None = None,
+    phases: bool = False,
 ) -> tuple[Timing, float]:
-    """(the training epochs, wall seconds of the whole fit) as the pipeline runs it."""
+    """(the training epochs, wall seconds of the whole fit) as the pipeline runs it.
+
+    `store`: a folder for the MLflow store the pipeline's logger writes to; None: no logger.
+    """
     pl.seed_everything(seed, verbose=False)
     model = make_model(case, dm, variant)
-    timer = StepTimer()
+    timer = PhaseTimer() if phases else StepTimer()
+    history = mlflow_history(case, store) if store is not None else None
     trainer = pl.Trainer(
         max_epochs=epochs,
         accelerator="cpu",
         devices=1,
-        logger=False,
+        logger=history or False,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -236,17 +326,26 @@ def run_lightning(
 
 def bench(case: Case, data_dir: Path, args: argparse.Namespace) -> dict[str, float]:
     dm = make_datamodule(case, data_dir)
+    # --stream: Lightning reads the images from disk in blocks; the bare loop stays in memory
+    light_dm = make_datamodule(case, data_dir, memory_mb=0) if args.stream else dm
     n = args.samples * args.epochs
+    store = None if args.no_mlflow else data_dir / "mlruns"
     run_bare(case, dm, 1, 0, args.variant)  # warm-up: allocator, kernels, lazy imports
-    run_lightning(case, dm, 1, 0, args.variant)
+    run_lightning(case, light_dm, 1, 0, args.variant, store)
     runs: dict[str, list[float]] = {
         k: [] for k in ("bare", "light", "bare_cpu", "light_cpu", "fit")
     }
     bare_steps: list[float] = []
     light_steps: list[float] = []
+    phases: dict[str, dict[str, list[float]]] = {
+        side: {p: [] for p in PHASES} for side in ("bare", "light")
+    }
     for r in range(args.repeats):  # alternating, so drifting machine load hits both alike
-        bare = run_bare(case, dm, args.epochs, r, args.variant)
-        light, fit = run_lightning(case, dm, args.epochs, r, args.variant)
+        bare = run_bare(case, dm, args.epochs, r, args.variant, args.phases)
+        light, fit = run_lightning(case, light_dm, args.epochs, r, args.variant, store, args.phases)
+        for side, timing in (("bare", bare), ("light", light)):
+            for p, values in timing.phases.items():
+                phases[side][p] += values
         runs["bare"].append(n / bare.wall)
         runs["light"].append(n / light.wall)
         runs["bare_cpu"].append(n / bare.cpu)
@@ -258,7 +357,21 @@ def bench(case: Case, data_dir: Path, args: argparse.Namespace) -> dict[str, flo
     m["bare_step"] = case.batch_size / statistics.median(bare_steps)  # samples/s
     m["light_step"] = case.batch_size / statistics.median(light_steps)
     m["spread"] = (max(runs["bare"]) - min(runs["bare"])) / m["bare"]
+    if args.phases:
+        for side, split in phases.items():
+            for p, values in split.items():
+                m[f"{side}_{p}_ms"] = 1000 * statistics.median(values)
     return m
+
+
+def print_phases(case: Case, m: dict[str, float]) -> None:
+    """Median milliseconds per step in each phase, both loops, and Lightning's extra."""
+    cells = [
+        f"{p} {m[f'bare_{p}_ms']:.2f}/{m[f'light_{p}_ms']:.2f} "
+        f"(+{m[f'light_{p}_ms'] - m[f'bare_{p}_ms']:.2f})"
+        for p in PHASES
+    ]
+    print(f"{'':<9} ms per step, bare/lightning (+extra): " + ", ".join(cells), flush=True)
 
 
 def keep_heap() -> bool:
@@ -298,6 +411,22 @@ def main(argv: list[str] | None = None) -> None:
         default="epoch-log",
         help="epoch-log: the models as shipped; per-step-log: the first design, for comparison",
     )
+    parser.add_argument(
+        "--no-mlflow",
+        action="store_true",
+        help="Lightning without the pipeline's MLflow logger (default: with it)",
+    )
+    parser.add_argument(
+        "--stream",
+        action="store_true",
+        help="Lightning streams the train images from disk (as a split over "
+        "train.trainer.memory_mb does); the bare loop keeps them in memory",
+    )
+    parser.add_argument(
+        "--phases",
+        action="store_true",
+        help="also print where a step's time goes (data, forward, backward, optimizer)",
+    )
     args = parser.parse_args(argv)
 
     heap = "glibc malloc default" if args.glibc_default else "heap kept"
@@ -315,7 +444,8 @@ def main(argv: list[str] | None = None) -> None:
 
     print(
         f"torch {torch.__version__}, lightning {pl.__version__}, 1 thread, variant {args.variant}, "
-        f"{heap}, "
+        f"{heap}, {'no logger' if args.no_mlflow else 'MLflow logger (SQLite)'}, "
+        f"{'images streamed from disk, ' if args.stream else ''}"
         f"{args.samples} samples x {args.epochs} epochs, {args.repeats} runs each"
     )
     print(
@@ -337,6 +467,8 @@ def main(argv: list[str] | None = None) -> None:
                 f"{m['spread']:>7.1%}",
                 flush=True,
             )
+            if args.phases:
+                print_phases(case, m)
     print(
         "bare/s, light/s: samples/s from the median step time; step, epoch, cpu, fit: "
         "lightning/bare ratios (see the module docstring);\nspread: (max-min)/median of the "
