@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import struct
+import warnings
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,6 +37,10 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 SPLITS = ("train", "val", "test")
+
+# Lightning warns that a sized IterableDataset may repeat data across workers; a streamed
+# split deals each worker its own batches, so its length is exact (tests/unit/test_datamodules).
+warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
 
 
 class _Batched(Dataset):
