@@ -10,9 +10,10 @@ itself (`Standardize`, with the train split's pixel mean and std), so whoever se
 feeds the same [0, 1] pixels as before.
 
 The seed architecture is unchanged; what lifts it from ~96% to ~98.6% test accuracy on
-the builtin 3,500 training digits are training choices: OneCycle learning rate, label
-smoothing, input standardisation (here) and random affine augmentation of the train split
-(`bigdeep.data.modules.ImageDataModule`). Figures: tests/benchmarks/bench_model_quality.py.
+the builtin 3,500 training digits, and from ~99.0-99.3% to ~99.55% on full MNIST (60,000
+train / 10,000 t10k test images, 10 epochs), are training choices: OneCycle learning rate,
+label smoothing, input standardisation (here) and random affine augmentation of the train
+split (`bigdeep.data.modules.ImageDataModule`). Figures: tests/benchmarks/bench_model_quality.py.
 """
 
 from __future__ import annotations
