@@ -497,7 +497,9 @@ def train_cnn(settings: Settings, paths: Paths, resume: bool | None = None) -> T
         model=model,
         epochs=cfg.epochs,
         patience=cfg.patience,
-        params={f"cnn.{k}": v for k, v in cfg.model_dump().items()},
+        params={f"cnn.{k}": v for k, v in cfg.model_dump().items()}
+        # splits over train.trainer.memory_mb, read from disk in blocks (none: all in memory)
+        | {"data.streamed": ",".join(dm.streamed) or "none"},
         history_keys=("train_loss", "train_acc", "val_loss", "val_acc"),
         evaluate=evaluate_cnn,
         export=export,

@@ -86,6 +86,22 @@ def test_evaluation_artifacts(images, tmp_path, mlflow_uri):
     assert run["run_id"] == result.run_id and run["registry"]["alias"] == "champion"
 
 
+def test_a_split_over_the_memory_limit_trains_streamed_and_says_so(images, tmp_path, mlflow_uri):
+    loaded = train_cnn(Settings.model_validate(TINY), paths(tmp_path, images, "loaded"))
+    streamed_settings = yaml.safe_load(yaml.safe_dump(TINY))
+    streamed_settings["train"]["trainer"] = {"memory_mb": 0}  # every split streams from disk
+    streamed = train_cnn(
+        Settings.model_validate(streamed_settings), paths(tmp_path, images, "streamed")
+    )
+    client = MlflowClient(mlflow_uri)
+    assert client.get_run(loaded.run_id).data.params["data.streamed"] == "none"
+    assert client.get_run(streamed.run_id).data.params["data.streamed"] == "train,val,test"
+    # the same number of optimiser steps, and a test set read in full (20 images)
+    assert streamed.metrics["trained_steps"] == loaded.metrics["trained_steps"]
+    confusion = (tmp_path / "streamed" / "plots" / "confusion.csv").read_text().splitlines()
+    assert len(confusion) - 1 == 20
+
+
 def test_sigkill_then_resume_finishes_the_same_run(images, tmp_path, mlflow_uri):
     params = yaml.safe_load(yaml.safe_dump(TINY))
     params["train"]["cnn"].update(epochs=12, patience=12)
