@@ -117,6 +117,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         report=Path(args.report) if args.report else None,
     )
     result = fit(_settings(args), paths, resume=args.resume)
+    if result is None:  # an extra process of a DDP run: rank zero reports
+        return 0
     shown = ", ".join(
         f"{k}={v:.4g}"
         for k, v in sorted(result.metrics.items())

@@ -123,22 +123,25 @@ def register_and_promote(
 
 
 def image_accuracy_scorer(data_dir: Path) -> Callable[[str], float]:
-    test = np.load(Path(data_dir) / "test.npz")
-    x = test["x"][:, None].astype(np.float32) / 255.0  # (N, 1, H, W) in [0, 1]
-    y = test["y"]
+    """Accuracy on the test split in `data_dir`, read when a model is first scored."""
+    cache: dict[str, np.ndarray] = {}
 
     def score(model_uri: str) -> float:
         import mlflow
 
-        probs = np.asarray(mlflow.pyfunc.load_model(model_uri).predict(x))  # (N, classes)
-        return float((probs.argmax(axis=1) == y).mean())
+        if not cache:
+            with np.load(Path(data_dir) / "test.npz") as test:
+                cache["x"] = test["x"][:, None].astype(np.float32) / 255.0  # (N, 1, H, W)
+                cache["y"] = test["y"]
+        probs = np.asarray(mlflow.pyfunc.load_model(model_uri).predict(cache["x"]))
+        return float((probs.argmax(axis=1) == cache["y"]).mean())
 
     return score
 
 
 def series_mae_scorer(dm) -> Callable[[str], float]:
     """MAE in the target's units on the test windows of a set-up SeriesDataModule."""
-    xs, ys = zip(*((x.numpy(), y.numpy()) for x, y in dm.test_dataloader()), strict=True)
+    xs, ys = zip(*((x.numpy(), y.numpy()) for x, y in dm.eval_dataloader("test")), strict=True)
     x, y = np.concatenate(xs).astype(np.float32), np.concatenate(ys)
 
     def score(model_uri: str) -> float:

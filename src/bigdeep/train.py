@@ -196,8 +196,9 @@ def pin_memory_for(cfg: Trainer) -> bool:
 
 
 def make_trainer(
-    cfg: Trainer, epochs: int, patience: int, history: EpochHistory, checkpoints: Path
+    cfg: Trainer, epochs: int, patience: int, history: EpochHistory | None, checkpoints: Path
 ) -> pl.Trainer:
+    """`history` None: no logger (the extra processes of a DDP run)."""
     return pl.Trainer(
         max_epochs=epochs,
         accelerator=cfg.accelerator,
@@ -206,7 +207,7 @@ def make_trainer(
         precision=precision_for(cfg),
         deterministic=cfg.deterministic,
         limit_train_batches=cfg.limit_train_batches,
-        logger=history,
+        logger=history or False,
         log_every_n_steps=1_000_000,  # step-level values are never logged: epochs only
         callbacks=[
             AtomicCheckpoint(
@@ -264,7 +265,8 @@ class Job:
     patience: int
     params: dict[str, Any]
     history_keys: tuple[str, ...]
-    evaluate: Callable[[pl.Trainer, Path], dict[str, float]]  # test metrics, writes plots
+    # (trainer.test's metrics, plots folder) -> test metrics; writes the plots
+    evaluate: Callable[[dict[str, float], Path], dict[str, float]]
     export: Callable[[], tuple[torch.nn.Module, np.ndarray]]  # plain module + input example
     score: Callable[[str], float]  # model URI -> metric on the pinned test split
     metric: str
@@ -274,11 +276,14 @@ class Job:
 
 def fit_and_log(
     settings: Settings, job: Job, paths: Paths, resume: bool | None = None
-) -> TrainResult:
+) -> TrainResult | None:
+    """Fit, test, log, export and register `job`; None in the extra processes of a DDP run."""
     import mlflow
 
     version = data_version(paths.lock, paths.data, raw_name=job.dataset)
     fingerprint = _fingerprint(settings, version)
+    if not launched_as_rank_zero():
+        return _fit_as_peer(settings, job, paths, fingerprint)
     previous = resumable(paths.checkpoints, fingerprint)
     if resume and previous is None:
         raise ResumeError(
@@ -315,8 +320,9 @@ def fit_and_log(
         if previous:
             mlflow.set_tag("bigdeep.resumed_from", ckpt)
 
+        tested = trainer.test(job.model, datamodule=job.datamodule, verbose=False)[0]
         paths.plots.mkdir(parents=True, exist_ok=True)
-        metrics = job.evaluate(trainer, paths.plots)
+        metrics = job.evaluate(tested, paths.plots)
         metrics |= {
             "trained_epochs": float(trainer.current_epoch),
             "trained_steps": float(trainer.global_step),
@@ -351,6 +357,36 @@ def fit_and_log(
             {"run_id": run.info.run_id, "fingerprint": fingerprint, "complete": True},
         )
         return TrainResult(job.name, run.info.run_id, metrics, version.raw_md5)
+
+
+def launched_as_rank_zero() -> bool:
+    """False in the extra processes of a multi-process run (DDP), before the group exists.
+
+    Lightning's launcher starts them by running the same command again with the rank in the
+    environment (LOCAL_RANK, NODE_RANK; torchrun and SLURM set RANK / SLURM_PROCID). Only
+    rank zero talks to MLflow, writes outputs and registers; the others train and test.
+    """
+    env = os.environ
+    for key in ("RANK", "SLURM_PROCID"):  # a global rank, where a launcher gives one
+        if key in env:
+            return int(env[key]) == 0
+    return int(env.get("NODE_RANK", 0)) == 0 and int(env.get("LOCAL_RANK", 0)) == 0
+
+
+def _fit_as_peer(settings: Settings, job: Job, paths: Paths, fingerprint: str) -> None:
+    """Rank > 0 of a DDP run: the same fit and test as rank zero, no logger, no outputs.
+
+    Rank zero decided before launching this process whether to resume (and wrote
+    state.json); reading the same state gives the same checkpoint here.
+    """
+    previous = resumable(paths.checkpoints, fingerprint)
+    trainer = make_trainer(
+        settings.train.trainer, job.epochs, job.patience, None, paths.checkpoints
+    )
+    ckpt = str(paths.checkpoints / "last.ckpt") if previous else None
+    trainer.fit(job.model, datamodule=job.datamodule, ckpt_path=ckpt, weights_only=True)
+    trainer.test(job.model, datamodule=job.datamodule, verbose=False)  # its collectives too
+    return None
 
 
 def _history_so_far(client, run_id: str, keys: tuple[str, ...]) -> list[dict[str, float]]:
@@ -470,24 +506,25 @@ def build_series_job(settings: Settings, data_dir: Path, seed: int | None = None
     return dm, model
 
 
-def train_cnn(settings: Settings, paths: Paths, resume: bool | None = None) -> TrainResult:
+def train_cnn(settings: Settings, paths: Paths, resume: bool | None = None) -> TrainResult | None:
     check_reachable(settings.mlflow)  # fail now, not after training
     cfg, tcfg = settings.train.cnn, settings.train.trainer
     configure_torch(tcfg, settings.seed)
     dm, model = build_image_job(settings, paths.data)
 
-    def evaluate_cnn(trainer: pl.Trainer, plots: Path) -> dict[str, float]:
-        tested = trainer.test(model, datamodule=dm, verbose=False)[0]
-        y_true, y_pred = evaluate.predict_classes(model, dm.test_dataloader())
+    def evaluate_cnn(tested: dict[str, float], plots: Path) -> dict[str, float]:
+        # every test image in this process (under DDP the trainer's test loader gives each
+        # process a part, padded to equal sizes): the accuracy is exact on any strategy
+        y_true, y_pred = evaluate.predict_classes(model, dm.eval_dataloader("test"))
         recalls = evaluate.write_classifier_report(y_true, y_pred, list(dm.classes), plots)
         return {
             "test_loss": float(tested["test_loss"]),
-            "test_acc": float(tested["test_acc"]),
+            "test_acc": float(np.mean(np.asarray(y_true) == np.asarray(y_pred))),
             **recalls,
         }
 
     def export() -> tuple[torch.nn.Module, np.ndarray]:
-        x, _ = next(iter(dm.test_dataloader()))
+        x, _ = next(iter(dm.eval_dataloader("test")))
         return model.predict_proba_module(), x[:2].float().numpy()  # (2, C, H, W) in [0, 1]
 
     job = Job(
@@ -511,15 +548,14 @@ def train_cnn(settings: Settings, paths: Paths, resume: bool | None = None) -> T
     return fit_and_log(settings, job, paths, resume)
 
 
-def train_rnn(settings: Settings, paths: Paths, resume: bool | None = None) -> TrainResult:
+def train_rnn(settings: Settings, paths: Paths, resume: bool | None = None) -> TrainResult | None:
     check_reachable(settings.mlflow)  # fail now, not after training
     cfg, tcfg = settings.train.rnn, settings.train.trainer
     configure_torch(tcfg, settings.seed)
     dm, model = build_series_job(settings, paths.data)
 
-    def evaluate_rnn(trainer: pl.Trainer, plots: Path) -> dict[str, float]:
-        tested = trainer.test(model, datamodule=dm, verbose=False)[0]
-        arrays = evaluate.predict_series(model, dm.test_dataloader(), cfg.seasonal_period)
+    def evaluate_rnn(tested: dict[str, float], plots: Path) -> dict[str, float]:
+        arrays = evaluate.predict_series(model, dm.eval_dataloader("test"), cfg.seasonal_period)
         metrics = evaluate.forecast_metrics(arrays, dm.inverse_target)
         frame = dm.split_frame("test")  # test loader is unshuffled: same order as `arrays`
         evaluate.write_forecast_report(
@@ -532,7 +568,7 @@ def train_rnn(settings: Settings, paths: Paths, resume: bool | None = None) -> T
         return {"test_loss": float(tested["test_loss"]), **metrics}
 
     def export() -> tuple[torch.nn.Module, np.ndarray]:
-        x, _ = next(iter(dm.test_dataloader()))
+        x, _ = next(iter(dm.eval_dataloader("test")))
         return model.export_module(), x[:2].float().numpy()  # (2, window, n_features)
 
     job = Job(

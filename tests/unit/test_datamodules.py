@@ -181,15 +181,17 @@ def test_streamed_batches_are_dealt_evenly_to_processes_and_workers(tmp_path: Pa
     write_images(tmp_path)
     # 40 rows in blocks of 16 and batches of 6: 3 + 3 + 2 = 8 batches per epoch
     seen = {}
-    for rank in (0, 1, 2):  # three distributed processes: 8 // 3 = 2 batches each
+    for rank in (0, 1, 2):  # three distributed processes: 8 batches wrap to 9, 3 each
         monkeypatch.setattr(modules._StreamedImages, "_world", lambda self, r=rank: (r, 3))
         dm = _streamed(tmp_path, batch_size=6, **NO_AUGMENT)
         loader = dm.train_dataloader()
-        assert len(loader) == 2
+        assert len(loader) == 3
         seen[rank] = [_fills(x) for x, _ in loader]
-        assert len(seen[rank]) == 2
+        assert len(seen[rank]) == 3
     rows = [f for batches in seen.values() for b in batches for f in b]
-    assert len(rows) == len(set(rows))  # no image in two processes
+    assert sorted(set(rows)) == list(range(40))  # every image in some process
+    assert len(rows) - len(set(rows)) == len(seen[0][0])  # the first batch again, on rank 2
+    assert seen[2][-1] == seen[0][0]
     monkeypatch.undo()
 
     one = _all(_streamed(tmp_path, batch_size=6, **NO_AUGMENT).train_dataloader())

@@ -164,3 +164,58 @@ def test_resume_without_a_checkpoint_is_a_clear_error(images, tmp_path, mlflow_u
     )
     assert code == 1
     assert not (tmp_path / "m" / "model.pt").exists()
+
+
+def train_cmd(images: Path) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "bigdeep.cli",
+        "train",
+        "cnn",
+        "--data",
+        str(images),
+        "--out",
+        "model",
+        "--metrics",
+        "metrics.json",
+        "--plots",
+        "plots",
+        "--checkpoints",
+        "ckpt",
+    ]
+
+
+@pytest.mark.parametrize("memory_mb", [4096, 0], ids=["in-memory", "streamed"])
+def test_ddp_on_two_processes_is_one_run_one_model(images, tmp_path, mlflow_uri, memory_mb):
+    """strategy ddp, devices 2 on the CPU (gloo): the command Lightning launches again for
+    rank 1 trains and tests beside rank 0 but logs, writes and registers nothing."""
+    params = yaml.safe_load(yaml.safe_dump(TINY))
+    params["train"]["trainer"] = {
+        "accelerator": "cpu",
+        "devices": 2,
+        "strategy": "ddp",
+        "memory_mb": memory_mb,
+    }
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    done = subprocess.run(
+        train_cmd(images), cwd=tmp_path, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("train cnn:") == 1  # only rank zero reports
+
+    client = MlflowClient(mlflow_uri)
+    runs = client.search_runs([client.get_experiment_by_name("bigdeep").experiment_id])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    run = runs[0].data
+    assert (run.params["trainer.strategy"], run.params["trainer.devices"]) == ("ddp", "2")
+    versions = client.search_model_versions("name='bigdeep-cnn'")
+    assert [v.run_id for v in versions] == [runs[0].info.run_id]
+    # 50 train images, 25 per process in batches of 16: 2 steps per epoch, not 4
+    assert run.metrics["trained_steps"] == 2 * 2 and run.metrics["trained_epochs"] == 2
+    # rank zero scored every test image itself, none twice
+    confusion = (tmp_path / "plots" / "confusion.csv").read_text().splitlines()[1:]
+    assert len(confusion) == 20
+    correct = sum(a == b for a, b in (line.split(",") for line in confusion))
+    assert run.metrics["test_acc"] == pytest.approx(correct / 20)
+    assert [m.step for m in client.get_metric_history(runs[0].info.run_id, "val_loss")] == [0, 1]

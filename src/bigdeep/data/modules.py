@@ -20,6 +20,7 @@ Training choices that belong to the data: random affine augmentation of the trai
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import struct
@@ -192,8 +193,9 @@ class _StreamedImages(IterableDataset):
     Each pass is one epoch. Its batches are the same list in every process: the blocks
     (`block_rows` consecutive rows each) in a random order, and within a block the rows in
     a random order, cut into batches (train; in file order for val/test). Batch j goes to
-    distributed process j % world (the list is cut to a multiple of world, so every process
-    steps the same number of times, as DDP needs) and within a process to loader worker
+    distributed process j % world (the list wraps around to a multiple of world, so every
+    process steps the same number of times, as DDP needs; like torch's DistributedSampler,
+    up to world - 1 batches are seen twice) and within a process to loader worker
     j // world % workers; the loader takes one batch from each worker in turn, so a
     process sees its batches in list order. Memory: one block (uint8) per worker.
 
@@ -215,10 +217,11 @@ class _StreamedImages(IterableDataset):
         self.batch_size, self.block_rows = batch_size, max(int(block_rows), batch_size)
         self.shuffle, self.seed, self.augment = shuffle, seed, augment
         self.start_epoch, self._passes = 0, 0
+        self.shard = True  # deal batches to distributed processes (False: this one reads all)
         self._x: np.ndarray | None = None
 
     def _world(self) -> tuple[int, int]:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
+        if self.shard and torch.distributed.is_available() and torch.distributed.is_initialized():
             return torch.distributed.get_rank(), torch.distributed.get_world_size()
         return 0, 1
 
@@ -242,7 +245,7 @@ class _StreamedImages(IterableDataset):
         n_blocks, tail = divmod(len(self.labels), self.block_rows)
         per_block = math.ceil(self.block_rows / self.batch_size)
         total = n_blocks * per_block + math.ceil(tail / self.batch_size)
-        return total // self._world()[1]
+        return -(-total // self._world()[1])  # ceil: the list is padded, see __iter__
 
     def __iter__(self):
         epoch = self.start_epoch + self._passes
@@ -251,7 +254,9 @@ class _StreamedImages(IterableDataset):
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         rows = self._memmap()  # (N, H, W) uint8, on disk
-        mine = self.batches(epoch)[: len(self) * world][rank::world][worker::workers]
+        batches = self.batches(epoch)
+        batches += batches[: len(self) * world - len(batches)]  # wrap, like DistributedSampler
+        mine = batches[rank::world][worker::workers]
         generator = torch.Generator().manual_seed(self.seed * 1000 + 7 * epoch + worker + 1)
         block_start, block = -1, None
         for start, offsets in mine:
@@ -309,13 +314,14 @@ class _InMemoryDataModule(pl.LightningDataModule):
         self.seed = seed
         self._datasets: dict[str, _Batched | _StreamedImages] = {}
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def _loader(self, split: str, shuffle: bool, shard: bool = True) -> DataLoader:
         if split not in self._datasets:
             raise RuntimeError(f"call setup() before asking for the {split!r} loader")
         dataset = self._datasets[split]
         if isinstance(dataset, _StreamedImages):  # yields whole batches, shuffles itself
+            dataset = copy.copy(dataset)  # this loader's own epoch count and sharding
             dataset.start_epoch = self.trainer.current_epoch if self.trainer else 0
-            dataset._passes = 0
+            dataset._passes, dataset.shard = 0, shard
             return DataLoader(
                 dataset,
                 batch_size=None,
@@ -351,6 +357,11 @@ class _InMemoryDataModule(pl.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)
+
+    def eval_dataloader(self, split: str = "test") -> DataLoader:
+        """Every sample of `split`, in order, whatever the strategy: for evaluation code
+        that runs in one process (under DDP the trainer's loaders give each process a part)."""
+        return self._loader(split, shuffle=False, shard=False)
 
 
 # --- images --------------------------------------------------------------------------------
