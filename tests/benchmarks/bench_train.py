@@ -308,6 +308,7 @@ def run_lightning(
         accelerator="cpu",
         devices=1,
         logger=history or False,
+        log_every_n_steps=1_000_000,  # as bigdeep.train.make_trainer: epoch values only
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
