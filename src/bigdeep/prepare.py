@@ -14,6 +14,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
+import shutil
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +25,7 @@ from PIL import Image
 
 from bigdeep.config import ImagePrepare, SeriesData, SeriesPrepare
 from bigdeep.data.sources import source_split
-from bigdeep.data.store import read_all
+from bigdeep.data.store import iter_shards, read_all
 from bigdeep.quality.leakage import leakage_error
 
 
@@ -66,29 +69,33 @@ def stratified_split(
 
 
 def image_splits(
-    labels: np.ndarray, record_ids: np.ndarray, cfg: ImagePrepare, seed: int
+    labels: np.ndarray, in_source_test: np.ndarray, cfg: ImagePrepare, seed: int
 ) -> tuple[dict[str, np.ndarray], str]:
     """(indices per split, where the test split came from: "source" or "random").
 
-    With `cfg.source_test` and records the source put in its test set, those records are
-    the test split and val is drawn (stratified) from the rest; otherwise all three splits
-    are drawn with `cfg.val_fraction` / `cfg.test_fraction`.
+    `in_source_test`: bool (N,), the records the source put in its own test set. With
+    `cfg.source_test` and any such record, those records are the test split and val is
+    drawn (stratified) from the rest; otherwise all three splits are drawn with
+    `cfg.val_fraction` / `cfg.test_fraction`.
     """
-    in_test = np.array([source_split(str(r)) == "test" for r in record_ids], dtype=bool)
-    if not (cfg.source_test and in_test.any()):
+    if not (cfg.source_test and in_source_test.any()):
         return stratified_split(labels, cfg.val_fraction, cfg.test_fraction, seed), "random"
-    rest = np.flatnonzero(~in_test)
+    rest = np.flatnonzero(~in_source_test)
     if len(rest) == 0:
         raise PrepareError("every record is in the source's test set: nothing left to train on")
     inner = stratified_split(labels[rest], cfg.val_fraction, 0.0, seed)
     splits = {"train": rest[inner["train"]], "val": rest[inner["val"]]}
-    return splits | {"test": np.flatnonzero(in_test)}, "source"
+    return splits | {"test": np.flatnonzero(in_source_test)}, "source"
 
 
 def decode_grey(data: bytes) -> np.ndarray:
     """PNG (or any PIL format) bytes -> (H, W) uint8."""
     with Image.open(io.BytesIO(data)) as im:
         return np.asarray(im.convert("L"), dtype=np.uint8)
+
+
+def _kept(shard: pd.DataFrame, quarantined: set[str]) -> pd.DataFrame:
+    return shard[~shard["record_id"].isin(quarantined)]
 
 
 def prepare_images(
@@ -99,31 +106,99 @@ def prepare_images(
     classes: list[str],
     seed: int,
 ) -> dict[str, int | str]:
-    frame = read_all(raw_dir)
-    frame = frame[~frame["record_id"].isin(quarantined_records(quarantine_dir))]
-    unknown = sorted(set(frame["label"]) - set(classes))
+    """Split the accepted images and write `<split>.npz` (x, y, ids) and `classes.json`.
+
+    Memory holds one raw shard at a time plus about 60 bytes per image (label, sha256, split
+    and row), never the decoded dataset: a first pass over the shards reads labels and content
+    ids, the splits are drawn, and a second pass decodes each image straight into its row
+    of the split's array on disk (a memory-mapped .npy), which is then packed as np.savez
+    packs it.
+    """
+    quarantined = quarantined_records(quarantine_dir)
+    index = {c: i for i, c in enumerate(classes)}
+    labels, digests, in_test, unknown, first = [], [], [], set(), None
+    for shard in iter_shards(raw_dir, columns=["record_id", "label", "image"]):
+        shard = _kept(shard, quarantined)
+        if first is None and len(shard):
+            first = decode_grey(shard["image"].iloc[0])  # its size is every image's size
+        unknown |= set(shard["label"]) - set(classes)
+        labels.append(shard["label"].map(index).fillna(-1).to_numpy(np.int64))
+        raw = b"".join(hashlib.sha256(b).digest() for b in shard["image"])
+        digests.append(np.frombuffer(raw, np.uint8).reshape(-1, 32))  # not "S32": it drops \0
+        in_test.append(np.array([source_split(r) == "test" for r in shard["record_id"]], bool))
     if unknown:
         raise PrepareError(
-            f"{raw_dir}: labels {unknown} not in quality.images.classes and not quarantined"
+            f"{raw_dir}: labels {sorted(unknown)} not in quality.images.classes and not quarantined"
         )
-    x = np.stack([decode_grey(b) for b in frame["image"]])  # (N, H, W) uint8
-    y = frame["label"].map({c: i for i, c in enumerate(classes)}).to_numpy(np.int64)
-    ids = np.array([hashlib.sha256(b).hexdigest() for b in frame["image"]])
-    splits, test_from = image_splits(y, frame["record_id"].to_numpy(), cfg, seed)
+    y = np.concatenate(labels)
+    if len(y) == 0:
+        raise PrepareError(f"{raw_dir}: no images left after the quarantine")
+    splits, test_from = image_splits(y, np.concatenate(in_test), cfg, seed)
+    digests = np.concatenate(digests)
+
+    # Rows in a seeded random order: a data module that streams a split in blocks of
+    # consecutive rows (too big for memory) then finds every class in every block,
+    # whatever order the source listed them in (a folder source lists class by class).
+    rng = np.random.default_rng([seed, 1])
+    order = {name: rng.permutation(idx) for name, idx in splits.items()}
+    split_of = np.empty(len(y), np.int8)  # image -> its split (position in `order`)
+    row_of = np.empty(len(y), np.int64)  # image -> its row in that split
+    for s, idx in enumerate(order.values()):
+        split_of[idx], row_of[idx] = s, np.arange(len(idx))
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng([seed, 1])
-    for name, idx in splits.items():
-        # Rows in a seeded random order: a data module that streams a split in blocks of
-        # consecutive rows (too big for memory) then finds every class in every block,
-        # whatever order the source listed them in (a folder source lists class by class).
-        idx = rng.permutation(idx)
-        # np.savez (not _compressed): deterministic bytes, and the arrays can be mapped.
-        np.savez(out_dir / f"{name}.npz", x=x[idx], y=y[idx], ids=ids[idx])
+    x = [
+        np.lib.format.open_memmap(
+            out_dir / f".{name}.x.npy", mode="w+", dtype=np.uint8, shape=(len(idx), *first.shape)
+        )
+        for name, idx in order.items()
+    ]
+    i = 0
+    for shard in iter_shards(raw_dir, columns=["record_id", "image"]):
+        kept = _kept(shard, quarantined)
+        for record, data in zip(kept["record_id"], kept["image"], strict=True):
+            pixels = decode_grey(data)
+            if pixels.shape != first.shape:
+                raise PrepareError(
+                    f"{raw_dir}: record {record} is {pixels.shape[0]}x{pixels.shape[1]}, the "
+                    f"others {first.shape[0]}x{first.shape[1]}; the gate checks height and width"
+                )
+            x[split_of[i]][row_of[i]] = pixels
+            i += 1
+    for rows in x:
+        rows.flush()
+    del x, rows  # unmapped before the files are packed
+    for name, idx in order.items():
+        ids = _hex(digests[idx])
+        _pack_npz(out_dir / f"{name}.npz", out_dir / f".{name}.x.npy", y[idx], ids)
     (out_dir / "classes.json").write_text(json.dumps(classes) + "\n")
     if error := leakage_error(out_dir):  # the same image in two splits
         raise PrepareError(error)
     return {name: len(idx) for name, idx in splits.items()} | {"test_from": test_from}
+
+
+def _hex(digests: np.ndarray) -> np.ndarray:
+    """sha256 digests, uint8 (N, 32) -> their hex strings '<U64' (N,)."""
+    text = digests.tobytes().hex()
+    return np.array([text[i : i + 64] for i in range(0, len(text), 64)], dtype="<U64")
+
+
+def _pack_npz(path: Path, x_npy: Path, y: np.ndarray, ids: np.ndarray) -> None:
+    """What np.savez(path, x=..., y=y, ids=ids) writes, with x copied from an .npy file.
+
+    Members stored uncompressed, so the data modules can memory-map x. Written beside the
+    target and renamed: a crash never leaves a half-written split. The .npy is removed.
+    """
+    tmp = path.with_name(path.name + ".tmp")
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        with zf.open("x.npy", "w", force_zip64=True) as member, open(x_npy, "rb") as src:
+            shutil.copyfileobj(src, member, 2**20)  # 1 MiB at a time
+        for name, array in (("y", y), ("ids", ids)):
+            with zf.open(f"{name}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
+    os.replace(tmp, path)
+    x_npy.unlink()
 
 
 # --- series ----------------------------------------------------------------------------------

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tracemalloc
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from bigdeep.config import ImagePrepare, SeriesData, SeriesPrepare, Settings
-from bigdeep.data.store import read_all
+from bigdeep.data.sources import encode_png
+from bigdeep.data.store import read_all, write_shards
 from bigdeep.ingest import ingest_images
 from bigdeep.prepare import PrepareError, prepare_images, prepare_series_frame, stratified_split
 from tests.unit.test_ingest import write_idx
@@ -94,6 +97,63 @@ def test_a_test_set_the_source_ships_stays_the_test_split(tmp_path, source_test)
         assert counts["test_from"] == "random"
         assert counts["test"] == 20  # round(20% x 8) per class, drawn from all 80
         assert set(test["ids"]) != t10k_ids
+
+
+def write_raw_images(raw: Path, sizes: list[tuple[int, int]], shard_rows: int) -> None:
+    """Canonical raw shards of distinct images of the given sizes, labelled i % 10."""
+
+    def rows(start: int, stop: int) -> pd.DataFrame:
+        records = []
+        for i in range(start, stop):
+            pixels = np.zeros(sizes[i], np.uint8)
+            pixels.flat[:4] = np.frombuffer(i.to_bytes(4, "big"), np.uint8)  # distinct
+            records.append((f"t:{i:06d}", f"img{i}", str(i % 10), encode_png(pixels)))
+        return pd.DataFrame(records, columns=["record_id", "source", "label", "image"])
+
+    write_shards(
+        (rows(i, min(i + shard_rows, len(sizes))) for i in range(0, len(sizes), shard_rows)), raw
+    )
+
+
+def test_prepare_never_holds_the_decoded_images_in_memory(tmp_path):
+    n, side = 4000, 128  # 64 MiB of pixels once decoded
+    write_raw_images(tmp_path / "raw", [(side, side)] * n, shard_rows=250)
+    (tmp_path / "q").mkdir()
+    classes = [str(d) for d in range(10)]
+    tracemalloc.start()
+    try:
+        counts = prepare_images(
+            tmp_path / "raw", tmp_path / "q", tmp_path / "out", ImagePrepare(), classes, 0
+        )
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert counts["train"] + counts["val"] + counts["test"] == n
+    with np.load(tmp_path / "out" / "train.npz") as train:
+        assert train["x"].shape == (counts["train"], side, side)
+        first = int.from_bytes(train["x"][0].flat[:4].tobytes(), "big")  # which image it is
+        assert train["y"][0] == first % 10
+    assert peak < 0.4 * n * side * side  # one shard and per-image ids, not 64 MiB
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "classes.json",
+        "test.npz",
+        "train.npz",
+        "val.npz",
+    ]  # no temporary file left behind
+
+
+def test_images_of_different_sizes_are_named(tmp_path):
+    write_raw_images(tmp_path / "raw", [(28, 28)] * 30 + [(20, 28)] + [(28, 28)] * 69, 16)
+    (tmp_path / "q").mkdir()
+    with pytest.raises(PrepareError, match="record t:000030 is 20x28, the others 28x28"):
+        prepare_images(
+            tmp_path / "raw",
+            tmp_path / "q",
+            tmp_path / "out",
+            ImagePrepare(),
+            list("0123456789"),
+            0,
+        )
 
 
 def series_frame(n: int) -> pd.DataFrame:
