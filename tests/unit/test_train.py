@@ -55,6 +55,26 @@ def paths(tmp_path: Path, data: Path, name: str = "a") -> Paths:
     )
 
 
+def train_cmd(images: Path) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "bigdeep.cli",
+        "train",
+        "cnn",
+        "--data",
+        str(images),
+        "--out",
+        "model",
+        "--metrics",
+        "metrics.json",
+        "--plots",
+        "plots",
+        "--checkpoints",
+        "ckpt",
+    ]
+
+
 def test_same_data_params_seed_give_identical_metrics(images, tmp_path, mlflow_uri):
     s = Settings.model_validate(TINY)
     a = train_cnn(s, paths(tmp_path, images, "a"))
@@ -106,23 +126,7 @@ def test_sigkill_then_resume_finishes_the_same_run(images, tmp_path, mlflow_uri)
     params = yaml.safe_load(yaml.safe_dump(TINY))
     params["train"]["cnn"].update(epochs=12, patience=12)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    cmd = [
-        sys.executable,
-        "-m",
-        "bigdeep.cli",
-        "train",
-        "cnn",
-        "--data",
-        str(images),
-        "--out",
-        "model",
-        "--metrics",
-        "metrics.json",
-        "--plots",
-        "plots",
-        "--checkpoints",
-        "ckpt",
-    ]
+    cmd = train_cmd(images)
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     last = tmp_path / "ckpt" / "last.ckpt"
     deadline = time.monotonic() + 300
@@ -164,26 +168,6 @@ def test_resume_without_a_checkpoint_is_a_clear_error(images, tmp_path, mlflow_u
     )
     assert code == 1
     assert not (tmp_path / "m" / "model.pt").exists()
-
-
-def train_cmd(images: Path) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "bigdeep.cli",
-        "train",
-        "cnn",
-        "--data",
-        str(images),
-        "--out",
-        "model",
-        "--metrics",
-        "metrics.json",
-        "--plots",
-        "plots",
-        "--checkpoints",
-        "ckpt",
-    ]
 
 
 @pytest.mark.parametrize("memory_mb", [4096, 0], ids=["in-memory", "streamed"])
