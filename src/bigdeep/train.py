@@ -439,19 +439,27 @@ def _common_params(settings: Settings) -> dict[str, Any]:
 # --- the two stages --------------------------------------------------------------------------
 
 
+def _loader_args(settings: Settings, batch_size: int, seed: int | None) -> dict[str, Any]:
+    """What both data modules take from params.yaml for their loaders."""
+    tcfg = settings.train.trainer
+    return {
+        "batch_size": batch_size,
+        "num_workers": tcfg.num_workers,
+        "pin_memory": pin_memory_for(tcfg),
+        "seed": settings.seed if seed is None else seed,
+    }
+
+
 def build_image_job(settings: Settings, data_dir: Path, seed: int | None = None):
     """(ImageDataModule set up, ImageClassifier) as params.yaml describes them."""
     from bigdeep.data.modules import ImageDataModule
     from bigdeep.models.cnn import ImageClassifier
 
-    cfg, tcfg = settings.train.cnn, settings.train.trainer
+    cfg = settings.train.cnn
     dm = ImageDataModule(
         data_dir,
-        batch_size=cfg.batch_size,
-        num_workers=tcfg.num_workers,
-        pin_memory=pin_memory_for(tcfg),
-        seed=settings.seed if seed is None else seed,
-        memory_mb=tcfg.memory_mb,
+        **_loader_args(settings, cfg.batch_size, seed),
+        memory_mb=settings.train.trainer.memory_mb,
         augment_rotate=cfg.augment_rotate,
         augment_shift=cfg.augment_shift,
         augment_scale=cfg.augment_scale,
@@ -478,15 +486,12 @@ def build_series_job(settings: Settings, data_dir: Path, seed: int | None = None
     from bigdeep.data.modules import SeriesDataModule
     from bigdeep.models.rnn import SeriesForecaster
 
-    cfg, tcfg = settings.train.rnn, settings.train.trainer
+    cfg = settings.train.rnn
     dm = SeriesDataModule(
         data_dir,
         window=cfg.window,
         horizon=cfg.horizon,
-        batch_size=cfg.batch_size,
-        num_workers=tcfg.num_workers,
-        pin_memory=pin_memory_for(tcfg),
-        seed=settings.seed if seed is None else seed,
+        **_loader_args(settings, cfg.batch_size, seed),
         calendar=list(cfg.calendar),
         calendar_tz=cfg.calendar_tz,
     )

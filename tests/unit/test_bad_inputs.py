@@ -7,7 +7,6 @@ no DVC, no training: `bigdeep.cli.main` in-process, on a few dozen records.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import struct
@@ -20,9 +19,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from PIL import Image
 
 from bigdeep.cli import main
+from tests.unit.images import digit, png
 
 CLASSES = ["0", "1", "2"]
 IMAGES = {  # 4 images per class; one bad image of 13 is 7.7%, under the 10% allowed here
@@ -100,17 +99,6 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> Project:
 
 
 # --- sources -------------------------------------------------------------------------------
-
-
-def png(pixels: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def digit(seed: int, shape: tuple[int, ...] = (28, 28), dtype: type = np.uint8) -> np.ndarray:
-    high = 256 if dtype == np.uint8 else 65_536
-    return np.random.default_rng(seed).integers(0, high, size=shape, dtype=dtype)
 
 
 def image_folder(root: Path, per_class: dict[str, int] | None = None) -> Path:

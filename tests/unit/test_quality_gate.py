@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 from pathlib import Path
@@ -12,7 +11,6 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image
 
 from bigdeep.config import ImageQuality, SeriesData, SeriesQuality
 from bigdeep.quality.gate import (
@@ -23,6 +21,7 @@ from bigdeep.quality.gate import (
     write_report,
 )
 from bigdeep.quality.profile import profile_images
+from tests.unit.images import digit, png
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
@@ -34,17 +33,6 @@ COLUMNS = SeriesData(timestamp="Time", target="Demand", features=["Temperature"]
 
 
 # --- tiny raw stores -----------------------------------------------------------------------
-
-
-def png(pixels: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def digit(seed: int, shape: tuple[int, ...] = (28, 28), dtype: type = np.uint8) -> np.ndarray:
-    high = 256 if dtype == np.uint8 else 65_536
-    return np.random.default_rng(seed).integers(0, high, size=shape, dtype=dtype)
 
 
 def clean_images() -> list[tuple[str, str, bytes]]:
