@@ -4,9 +4,11 @@
     python flows/pipeline.py         # same, from a checkout
 
 Each task is `dvc repro --single-item <stage>`, so an unchanged stage is skipped and
-every run leaves a dvc.lock. The flow adds what DVC lacks: retries on I/O, run history,
-a summary artifact, and a Failed state when a quality gate fails. Stages run one after
-another: DVC locks the workspace while it reproduces.
+every run leaves a dvc.lock. The flow adds what DVC lacks: retries on transient I/O errors
+(network, a busy lock, HTTP 5xx; a deterministic error is not retried), run history, a summary
+artifact, and a Failed state whose data is a `RunFailed` naming the stage, the dataset and the
+fix (exit 3 when a quality gate failed). Stages run one after another: DVC locks the workspace
+while it reproduces.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 from dataclasses import asdict, dataclass, field
@@ -21,16 +24,33 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
+from prefect.states import Failed
+
+from bigdeep.errors import (
+    EXIT_CONFIG,
+    EXIT_FAILED,
+    EXIT_GATE,
+    BigdeepError,
+    GateFailed,
+    RunFailed,
+    StageFailed,
+    describe,
+    printable,
+)
 
 MODELS = {"images": "cnn", "series": "rnn"}
+__all__ = ["GateFailed", "RunFailed", "StageFailed", "pipeline", "serve"]
 
-
-class GateFailed(RuntimeError):
-    """A dataset failed its quality gate: nothing was trained or registered on it."""
-
-
-class StageFailed(RuntimeError):
-    """`dvc repro` of a stage failed for a reason other than the gate."""
+# What a retry can cure: the network, a lock another process holds, a server's 5xx.
+TRANSIENT = re.compile(
+    r"is busy|Connection (refused|reset|aborted)|timed out|Temporary failure in name resolution"
+    r"|Name or service not known|HTTP (Error )?5\d\d|\b5\d\d (Server Error|Bad Gateway|"
+    r"Service Unavailable|Gateway Timeout)",
+    re.IGNORECASE,
+)
+# The one error paragraph `bigdeep <stage>` prints (bigdeep.cli.main), continued by indented lines.
+STAGE_ERROR = re.compile(r"^bigdeep [\w-]+: (config error|error): ")
+DVC_EXIT = re.compile(r"exited with (-?\d+)")
 
 
 @dataclass
@@ -54,6 +74,7 @@ class DatasetSummary:
     metrics: dict = field(default_factory=dict)
     run: dict = field(default_factory=dict)  # MLflow run id, model URI, registry decision
     stages: dict[str, str] = field(default_factory=dict)
+    failed_checks: list[str] = field(default_factory=list)  # grouped, most important first
 
 
 @dataclass(frozen=True)
@@ -88,6 +109,62 @@ def stage_files(project: Path, dataset: str) -> StageFiles:
     )
 
 
+def stage_error(output: str) -> str:
+    """The failing stage's own error from `dvc repro` output, without DVC's noise around it.
+
+    The last paragraph `bigdeep <stage>` printed (its first line and the indented ones after
+    it); else the last line of a Python traceback; else DVC's own last ERROR line.
+    """
+    lines = output.splitlines()
+    starts = [i for i, line in enumerate(lines) if STAGE_ERROR.match(line)]
+    if starts:
+        block = [STAGE_ERROR.sub("", lines[starts[-1]])]
+        for line in lines[starts[-1] + 1 :]:
+            if not line.startswith(" "):
+                break
+            block.append(line)
+        return "\n".join(block)
+    if "Traceback (most recent call last)" in output:
+        for line in reversed(lines):
+            if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b", line):
+                return line
+    errors = [line for line in lines if line.startswith("ERROR:")]
+    return (errors[-1] if errors else (lines[-1] if lines else "no output")).strip()
+
+
+def stage_failure(stage: str, dataset: str | None, run: StageRun) -> StageFailed:
+    """A failed `dvc repro` as one StageFailed: its error, exit meaning, transient or not."""
+    message = stage_error(run.output)
+    exited = DVC_EXIT.findall(run.output)
+    code = EXIT_CONFIG if exited and int(exited[-1]) == EXIT_CONFIG else EXIT_FAILED
+    transient = bool(TRANSIENT.search(message)) and not STAGE_ERROR.search(run.output)
+    return StageFailed(message, stage=stage, dataset=dataset, exit_code=code, transient=transient)
+
+
+def is_transient(error: BaseException | None) -> bool:
+    """Worth a retry: a transient StageFailed, a network error; never a project error."""
+    if isinstance(error, StageFailed):
+        return error.transient
+    if isinstance(error, BigdeepError):
+        return False
+    return isinstance(error, ConnectionError | TimeoutError)
+
+
+def _only_transient(task, task_run, state) -> bool:
+    """Prefect's retry_condition_fn: retry transient errors only (see is_transient)."""
+    error = getattr(state, "data", None)
+    error = getattr(error, "result", error)  # a ResultRecord wraps the exception
+    return is_transient(error if isinstance(error, BaseException) else None)
+
+
+def _log_stage_output(stage: str, output: str) -> None:
+    """The full output of a stage goes to the run's log file, not to the console."""
+    path = os.environ.get("BIGDEEP_RUN_LOG")
+    if path:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(f"\n----- {stage}: dvc repro output -----\n{output}\n")
+
+
 def _dvc(project: Path, *args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ)
     # `bigdeep` (the stages' cmd) lives beside this interpreter, in the project's venv.
@@ -112,8 +189,9 @@ def reproduce(project_dir: str, stage: str) -> StageRun:
     output = proc.stdout + proc.stderr
     ran = bool(re.search(rf"Running stage '{re.escape(stage)}'", output))
     logger.info("%s: %s", stage, "ran" if ran else "unchanged, skipped")
+    _log_stage_output(stage, output)
     if proc.returncode != 0:
-        logger.error("%s failed (exit %d):\n%s", stage, proc.returncode, output[-4000:])
+        logger.error("%s failed: %s", stage, printable(stage_error(output)))
     return StageRun(stage, ran, proc.returncode, output)
 
 
@@ -126,7 +204,7 @@ def check_tracking(project_dir: str) -> str:
     return check_reachable(load_settings(Path(project_dir) / "params.yaml").mlflow)
 
 
-@task(name="push-data", retries=2, retry_delay_seconds=5)
+@task(name="push-data", retries=2, retry_delay_seconds=5, retry_condition_fn=_only_transient)
 def push_data(project_dir: str) -> str:
     """`dvc push` accepted data to the default remote, so `bigdeep restore` works elsewhere."""
     if not _dvc(Path(project_dir), "remote", "list").stdout.strip():
@@ -134,23 +212,38 @@ def push_data(project_dir: str) -> str:
         return "no remote"
     proc = _dvc(Path(project_dir), "push")
     if proc.returncode != 0:
-        raise StageFailed(f"dvc push failed:\n{(proc.stdout + proc.stderr)[-2000:]}")
+        output = proc.stdout + proc.stderr
+        _log_stage_output("dvc push", output)
+        raise stage_failure("dvc push", None, StageRun("dvc push", True, proc.returncode, output))
     return proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
 
 
 @task(name="apply-params")
-def apply_params(project_dir: str, overrides: dict[str, str]) -> bool:
-    """Write the run's parameter overrides into params.yaml (validated; comments kept)."""
+def apply_params(project_dir: str, overrides: dict[str, str]) -> list[str]:
+    """Write the run's --set values into params.yaml, after the preflight checks; say what
+    changed and how to undo it. Only the value on each key's line changes (bigdeep.config)."""
     from bigdeep.config import apply_overrides
 
-    changed = apply_overrides(Path(project_dir) / "params.yaml", overrides)
-    get_run_logger().info(
-        "params overrides %s: %s", overrides, "applied" if changed else "already in place"
-    )
-    return changed
+    changes = apply_overrides(Path(project_dir) / "params.yaml", overrides)
+    lines = [
+        f"params.yaml:{c.line}: {c.key}: {c.old if c.old is not None else '(not set)'} -> {c.new}"
+        for c in changes
+    ]
+    undo = [shlex.quote(f"{c.key}={c.old}") for c in changes if c.old is not None]
+    if undo:
+        lines.append(
+            "this stays in params.yaml for later runs; undo: bigdeep run "
+            + " ".join(f"--set {u}" for u in undo)
+            + " (or git checkout params.yaml)"
+        )
+    elif changes:
+        lines.append("this stays in params.yaml for later runs; undo: git checkout params.yaml")
+    for line in lines or [f"params.yaml already has {', '.join(overrides)} as asked"]:
+        print(line)
+    return lines
 
 
-@task(name="scan", retries=2, retry_delay_seconds=5)
+@task(name="scan", retries=2, retry_delay_seconds=5, retry_condition_fn=_only_transient)
 def scan(project_dir: str, dataset: str) -> bool:
     """Fingerprint the source (new files in a folder?); True when it changed since last run."""
     from bigdeep.config import load_settings
@@ -167,12 +260,15 @@ def scan(project_dir: str, dataset: str) -> bool:
     return changed
 
 
-@task(name="ingest", retries=2, retry_delay_seconds=5)
+@task(name="ingest", retries=2, retry_delay_seconds=5, retry_condition_fn=_only_transient)
 def ingest(project_dir: str, dataset: str) -> StageRun:
-    """Reading the source is the one I/O-bound stage that may fail transiently: retried."""
+    """Reading the source is the one I/O-bound stage that may fail transiently: retried then
+    (a busy lock, the network); a deterministic failure is returned to the flow at once."""
     result = reproduce.fn(project_dir, f"ingest@{dataset}")
     if result.returncode != 0:
-        raise StageFailed(f"ingest@{dataset} failed:\n{result.output[-2000:]}")
+        failure = stage_failure(f"ingest@{dataset}", dataset, result)
+        if failure.transient:
+            raise failure
     return result
 
 
@@ -193,43 +289,98 @@ def gate(project_dir: str, dataset: str) -> tuple[StageRun, dict]:
             description=f"quality gate: {dataset}",
         )
     if result.returncode != 0 and report.get("passed") is not False:
-        raise StageFailed(f"validate@{dataset} failed:\n{result.output[-2000:]}")
+        raise stage_failure(f"validate@{dataset}", dataset, result)
     return result, report
+
+
+# The few metrics a person reads first, per model; every metric is in the table below them.
+HEADLINE = {"cnn": ("test_acc", "test_loss"), "rnn": ("test_mae", "test_mae_vs_naive", "test_rmse")}
 
 
 @task(name="summarize")
 def summarize(project_dir: str, summaries: list[DatasetSummary]) -> str:
+    """Markdown for the console and the Prefect artifact: per dataset the gate, the failed
+    checks grouped, the model's headline metrics, where its run is, the registry decision
+    (or "unchanged" when training was skipped), then the full metrics as a table."""
     from bigdeep.tracking import lock_outs
 
     outs = lock_outs(Path(project_dir) / "dvc.lock")
+    store = _tracking_store(project_dir)
     lines = ["# bigdeep pipeline", ""]
     for s in summaries:
         s.version = outs.get(stage_files(Path(project_dir), s.dataset).raw)
         gate_word = {True: "PASSED", False: "FAILED", None: "not run"}[s.gate_passed]
-        lines.append(f"## {s.dataset}: gate {gate_word}, version {s.version or '-'}")
-        lines.append("")
+        lines += [f"## {s.dataset}: gate {gate_word}, version {s.version or '-'}", ""]
         if s.rows is not None:
             lines.append(f"- rows {s.rows}, quarantined {s.quarantined}")
         for v, c in s.by_v.items():
-            lines.append(f"- {v}: {c['passed']} passed, {c['failed']} failed")
-        for failure in s.failures[:10]:
-            lines.append(f"- failure: {failure}")
+            if c["passed"] or c["failed"]:  # a V with no check for this dataset says nothing
+                lines.append(f"- {v}: {c['passed']} passed, {c['failed']} failed")
+        lines += [f"- failed check: {line}" for line in s.failed_checks]
+        if not s.failed_checks:  # a report without per-check data
+            lines += [f"- failure: {printable(f)}" for f in s.failures[:10]]
         if s.model:
-            shown = ", ".join(
-                f"{k} {v:.4g}"
-                for k, v in sorted(s.metrics.items())
-                if isinstance(v, float)
-                and not k.startswith("test_recall_")  # per class: in the report
-            )
-            lines.append(f"- model {s.model}: {shown}; MLflow run {s.run.get('run_id', '-')}")
-            reg = s.run.get("registry") or {}
-            if reg:
-                lines.append(
-                    f"- registry: {reg['model']} v{reg['version']} is {reg['alias']} ({reg['reason']})"
-                )
+            lines += _model_lines(s, store)
         lines.append("- stages: " + ", ".join(f"{k} {v}" for k, v in s.stages.items()))
         lines.append("")
+        if s.model and s.metrics:
+            lines += _metrics_table(s.model, s.metrics)
     return "\n".join(lines)
+
+
+def _model_lines(s: DatasetSummary, store: str) -> list[str]:
+    trained = s.stages.get(f"train_{s.model}") == "ran"
+    numbers = {k: v for k, v in s.metrics.items() if isinstance(v, int | float)}
+    shown = ", ".join(f"{k} {numbers[k]:.4g}" for k in HEADLINE.get(s.model, ()) if k in numbers)
+    run_id = s.run.get("run_id", "-")
+    when = "trained now" if trained else "unchanged (trained by an earlier run)"
+    lines = [
+        f"- model {s.model}, {when}: {shown or 'no metrics'}",
+        f"- MLflow: {_run_link(store, run_id)}",
+    ]
+    reg = s.run.get("registry") or {}
+    if reg and trained:
+        lines.append(
+            f"- registry: {reg['model']} v{reg['version']} is {reg['alias']} ({reg['reason']})"
+        )
+    elif reg:
+        lines.append(
+            f"- registry: unchanged ({reg['model']} v{reg['version']}, {reg['alias']} when it "
+            "was trained; see `bigdeep lineage` for the current aliases)"
+        )
+    return lines
+
+
+def _metrics_table(model: str, metrics: dict) -> list[str]:
+    rows = [(k, v) for k, v in sorted(metrics.items()) if isinstance(v, int | float)]
+    if not rows:
+        return []
+    out = [f"| {model} metric | value |", "|---|---:|"]
+    out += [f"| {k} | {v:.4g} |" for k, v in rows]
+    return [*out, ""]
+
+
+def _tracking_store(project_dir: str) -> str:
+    from bigdeep.config import load_settings
+    from bigdeep.tracking import tracking_uri
+
+    try:
+        return tracking_uri(load_settings(Path(project_dir) / "params.yaml").mlflow)
+    except BigdeepError:
+        return os.environ.get("MLFLOW_TRACKING_URI", "?")
+
+
+def _run_link(store: str, run_id: str) -> str:
+    """The run's page on a tracking server; else its id and the store it is in."""
+    if not store.startswith(("http://", "https://")) or run_id == "-":
+        return f"run {run_id} in {store}"
+    try:
+        from mlflow.tracking import MlflowClient
+
+        experiment = MlflowClient(store).get_run(run_id).info.experiment_id
+    except Exception:  # noqa: BLE001 - a link is a convenience: the id is enough
+        return f"run {run_id} on {store}"
+    return f"{store.rstrip('/')}/#/experiments/{experiment}/runs/{run_id}"
 
 
 @flow(name="bigdeep-pipeline", log_prints=True)
@@ -237,60 +388,129 @@ def pipeline(
     project_dir: str = ".",
     datasets: list[str] | None = None,
     overrides: dict[str, str] | None = None,
-) -> list[dict]:
-    """ingest -> validate (gate) -> prepare -> train, per dataset; Failed if any gate fails.
+):
+    """ingest -> validate (gate) -> prepare -> train, per dataset; Failed if any stage fails.
 
-    overrides: dotted params.yaml keys to set first, e.g. {"train.cnn.epochs": "3"}.
+    overrides: dotted params.yaml keys to set once the preflight checks passed, e.g.
+    {"train.cnn.epochs": "3"}. A failed run ends in a Failed state whose data is a RunFailed
+    (one paragraph per failure; exit_code 3 when only quality gates failed).
     """
     project = str(Path(project_dir).resolve())
-    if overrides:
-        apply_params(project, overrides)
-    check_tracking(project)
+    try:
+        check_tracking(project)
+        if overrides:  # after the preflight checks: a run that cannot start changes nothing
+            apply_params(project, overrides)
+    except BigdeepError as e:
+        return _failed([f"preflight failed: {describe(e)}"], e.exit_code)
     summaries = []
-    failed_gates, errors = [], []
+    failures: list[StageFailed] = []
     for dataset in datasets or list(MODELS):
         s = DatasetSummary(dataset)
         summaries.append(s)
         try:
-            scan(project, dataset)
-            s.stages["ingest"] = _word(ingest(project, dataset))
-            run, report = gate(project, dataset)
-            s.stages["validate"] = _word(run)
-            s.gate_passed = bool(report.get("passed"))
-            s.by_v, s.rows = report.get("by_v", {}), report.get("rows")
-            s.quarantined, s.failures = report.get("quarantined"), report.get("failures", [])
-            if not s.gate_passed:
-                failed_gates.append(dataset)
-                continue  # nothing is prepared, trained or registered on data that failed
-            model = MODELS[dataset]
-            for stage, key in (
-                (f"prepare@{dataset}", "prepare"),
-                (f"train_{model}", f"train_{model}"),
-            ):
-                result = reproduce(project, stage)
-                s.stages[key] = _word(result)
-                if result.returncode != 0:
-                    raise StageFailed(f"{stage} failed:\n{result.output[-2000:]}")
-            s.model = model
-            files = stage_files(Path(project), dataset)
-            s.metrics = json.loads((Path(project) / files.metrics).read_text())
-            s.run = json.loads((Path(project) / files.model_dir / "run.json").read_text())
+            _run_dataset(project, s)
         except StageFailed as e:
-            errors.append(str(e))
+            if e.stage.startswith(("scan", "ingest")):
+                e.notes = _drop_stale_report(project, dataset)
+            failures.append(e)
+            s.stages.setdefault(e.stage.split("@")[0], "failed")
     if any(s.model and "ran" in s.stages.values() for s in summaries):  # something new to push
-        push_data(project)
+        try:
+            push_data(project)
+        except StageFailed as e:
+            failures.append(e)
     text = summarize(project, summaries)
     create_markdown_artifact(
         markdown=text, key="bigdeep-summary", description="bigdeep pipeline summary"
     )
     print(text)
-    if failed_gates:
-        raise GateFailed(
-            f"quality gate failed for {', '.join(failed_gates)}: see the reports above"
-        )
-    if errors:
-        raise StageFailed("\n".join(errors))
+    gates = [s for s in summaries if s.gate_passed is False]
+    if failures or gates:
+        paragraphs = [_stage_paragraph(e) for e in failures]
+        paragraphs += [_gate_paragraph(project, s) for s in gates]
+        codes = {e.exit_code for e in failures}
+        code = EXIT_CONFIG if EXIT_CONFIG in codes else EXIT_FAILED if codes else EXIT_GATE
+        return _failed(paragraphs, code)
     return [asdict(s) for s in summaries]
+
+
+def _run_dataset(project: str, s: DatasetSummary) -> None:
+    """One dataset through its stages; a StageFailed names the stage that stopped it."""
+    dataset = s.dataset
+    try:
+        scan(project, dataset)
+    except BigdeepError as e:  # the source cannot be read: named by the error
+        raise StageFailed(describe(e), stage=f"scan@{dataset}", dataset=dataset) from None
+    run = ingest(project, dataset)
+    s.stages["ingest"] = _word(run)
+    if run.returncode != 0:
+        raise stage_failure(f"ingest@{dataset}", dataset, run)
+    run, report = gate(project, dataset)
+    s.stages["validate"] = _word(run)
+    s.gate_passed = bool(report.get("passed"))
+    s.by_v, s.rows = report.get("by_v", {}), report.get("rows")
+    s.quarantined, s.failures = report.get("quarantined"), report.get("failures", [])
+    if not s.gate_passed:
+        from bigdeep.quality.report import failure_lines
+
+        s.failed_checks = failure_lines(report, limit=8)
+        return  # nothing is prepared, trained or registered on data that failed
+    model = MODELS[dataset]
+    for stage, key in ((f"prepare@{dataset}", "prepare"), (f"train_{model}", f"train_{model}")):
+        result = reproduce(project, stage)
+        s.stages[key] = _word(result)
+        if result.returncode != 0:
+            raise stage_failure(stage, dataset, result)
+    s.model = model
+    files = stage_files(Path(project), dataset)
+    s.metrics = json.loads((Path(project) / files.metrics).read_text())
+    s.run = json.loads((Path(project) / files.model_dir / "run.json").read_text())
+
+
+def _drop_stale_report(project: str, dataset: str) -> str:
+    """After a failed ingest, the last run's *passed* report is not about this data: remove it."""
+    path = Path(project) / stage_files(Path(project), dataset).report
+    try:
+        passed = json.loads(path.read_text()).get("passed")
+    except (OSError, ValueError):
+        return ""
+    if passed is not True:
+        return ""
+    path.unlink()
+    return (
+        f"The previous run's passed report {path.relative_to(project)} was removed: "
+        "it described data this run could not read."
+    )
+
+
+def _log_hint() -> str:
+    log = os.environ.get("BIGDEEP_RUN_LOG")
+    return f" Full output: {log}." if log else ""
+
+
+def _stage_paragraph(e: StageFailed) -> str:
+    head = f"{e.stage} failed" + (f" (dataset {e.dataset})" if e.dataset else "")
+    tail = ""
+    if e.dataset and not e.stage.startswith("train"):
+        tail = f" Nothing was trained or registered on {e.dataset}."
+    notes = f" {e.notes}" if getattr(e, "notes", "") else ""
+    return f"{head}: {describe(e)}{tail}{notes}{_log_hint()}"
+
+
+def _gate_paragraph(project: str, s: DatasetSummary) -> str:
+    report = stage_files(Path(project), s.dataset).report
+    checks = "".join(f"\n  - {line}" for line in s.failed_checks[:5])
+    return (
+        f"validate@{s.dataset}: the quality gate failed for {s.dataset} ({s.rows} rows, "
+        f"{s.quarantined} quarantined); failed checks, most important first:{checks}\n"
+        f"Report: {report}. Fix the source, or change quality.{s.dataset}.* in params.yaml if "
+        f"the data is right. Nothing was prepared, trained or registered on {s.dataset}."
+    )
+
+
+def _failed(paragraphs: list[str], exit_code: int):
+    failure = RunFailed("\n\n".join(paragraphs), exit_code=exit_code)
+    return Failed(message=str(failure), data=failure)
 
 
 def serve(
@@ -317,5 +537,6 @@ def _word(run: StageRun) -> str:
 
 
 if __name__ == "__main__":
-    state = pipeline(project_dir=".", return_state=True)
-    sys.exit(0 if state.is_completed() else 1)
+    from bigdeep.cli import main
+
+    sys.exit(main(["run", *sys.argv[1:]]))

@@ -12,7 +12,8 @@
     bigdeep lineage bigdeep-cnn@champion ; bigdeep restore bigdeep-cnn@champion
 
 Paths come from dvc.yaml (the stage's cmd); parameters from params.yaml. Exit status:
-0 done, 1 failed, 2 bad config or usage, 3 the quality gate failed.
+0 done, 1 failed, 2 bad config or usage, 3 the quality gate failed. An error bigdeep detects
+prints one paragraph (what, where, the fix) and no traceback; `bigdeep --debug ...` shows it.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ QUIET_ENV = {
     "GX_ANALYTICS_ENABLED": "false",
 }
 
-EXIT_FAILED, EXIT_CONFIG, EXIT_GATE = 1, 2, 3
+EXIT_FAILED, EXIT_CONFIG, EXIT_GATE = 1, 2, 3  # as in bigdeep.errors (kept light: no import)
 
 
 def _settings(args: argparse.Namespace):
@@ -58,7 +59,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from bigdeep.quality.report import summary_lines
+    from bigdeep.quality.report import failure_lines, summary_lines
     from bigdeep.validate import validate
 
     reference = Path(args.reference) if args.reference else None
@@ -76,9 +77,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
         f"({report['rows']} rows, {report['quarantined']} quarantined) -> {args.report}"
     )
     for v, counts in report["by_v"].items():
-        print(f"  {v:<9} {counts['passed']} passed, {counts['failed']} failed")
+        if counts["passed"] or counts["failed"]:  # a V with no check here says nothing
+            print(f"  {v:<9} {counts['passed']} passed, {counts['failed']} failed")
     print(summary_lines(report)[-1])  # drift against the last accepted version, every run
-    for line in report["failures"][:20]:
+    for line in failure_lines(report):  # grouped by check, most important first
         print(f"  - {line}", file=sys.stderr)
     return 0 if result.passed else EXIT_GATE
 
@@ -129,28 +131,89 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    _use_servers(Path(args.project) / ".bigdeep" / "servers")
-    # flows/ sits beside src/ in the checkout bigdeep is installed from (editable install).
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from flows.pipeline import pipeline
+    from bigdeep.errors import BigdeepError, RunFailed
+    from bigdeep.runlock import clear_stale_dvc_locks, hold_run
 
-    state = pipeline(
-        project_dir=str(Path(args.project).resolve()),
-        datasets=args.datasets,
-        overrides=_overrides(args.set),
-        return_state=True,
-    )
-    return 0 if state.is_completed() else EXIT_FAILED
+    project = Path(args.project).resolve()
+    overrides = _overrides(args.set)
+    if overrides:  # checked now (exit 2 before anything starts); written after the preflight
+        from bigdeep.config import plan_overrides
+
+        plan_overrides(project / "params.yaml", overrides)
+    with hold_run(project, wait=not args.no_wait):  # one run at a time in a project
+        for line in clear_stale_dvc_locks(project):
+            print(f"bigdeep run: {line}", file=sys.stderr)
+        log = _run_log(project)
+        _use_servers(Path(args.project) / ".bigdeep" / "servers")
+        # flows/ sits beside src/ in the checkout bigdeep is installed from (editable install).
+        sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+        from flows.pipeline import pipeline
+
+        _log_to_file(log, debug=args.debug)
+        state = pipeline(
+            project_dir=str(project),
+            datasets=args.datasets,
+            overrides=overrides,
+            return_state=True,
+        )
+    if state.is_completed():
+        return 0
+    error = state.result(raise_on_failure=False)
+    if isinstance(error, BigdeepError):
+        raise error  # main() prints its paragraph and exits with its meaning
+    raise RunFailed(
+        f"the flow ended {state.name}: {state.message or error!r}. Full output: {log}"
+    ) from error if isinstance(error, BaseException) else None
+
+
+def _run_log(project: Path) -> Path:
+    """.bigdeep/logs/<UTC time>.log: the flow's log and every stage's full output."""
+    import time
+
+    logs = project / ".bigdeep" / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    path = logs / time.strftime("%Y%m%dT%H%M%SZ.log", time.gmtime())
+    path.touch()
+    os.environ["BIGDEEP_RUN_LOG"] = str(path)
+    return path
+
+
+def _log_to_file(path: Path, debug: bool) -> None:
+    """Every log record (tracebacks included) to the run's log file; the console keeps the
+    lines but not the tracebacks, unless --debug."""
+    import logging
+
+    root = logging.getLogger()
+    if not debug:
+        for handler in root.handlers:
+            _without_traceback(handler)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+
+
+def _without_traceback(handler) -> None:
+    plain = handler.format
+
+    def format(record):  # noqa: A001 - replaces the handler's own format
+        saved = record.exc_info, record.exc_text, record.stack_info
+        record.exc_info = record.exc_text = record.stack_info = None
+        try:
+            return plain(record)
+        finally:
+            record.exc_info, record.exc_text, record.stack_info = saved
+
+    handler.format = format
 
 
 def _overrides(pairs: list[str]) -> dict[str, str]:
-    from bigdeep.config import ConfigError
+    from bigdeep.errors import UsageError
 
     out = {}
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set {pair!r}: expected KEY=VALUE, e.g. train.cnn.epochs=3")
+        if not sep or not key.strip():
+            raise UsageError(f"--set {pair!r}: expected KEY=VALUE, e.g. train.cnn.epochs=3")
         out[key.strip()] = value.strip()
     return out
 
@@ -283,6 +346,9 @@ def cmd_ui(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bigdeep", description=__doc__.split("\n")[0])
     p.add_argument("--params", default="params.yaml", help="parameters file (default: params.yaml)")
+    p.add_argument(
+        "--debug", action="store_true", help="show Python tracebacks (default: one paragraph)"
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("scan", help="fingerprint a source; ingest re-runs only when it changed")
@@ -344,7 +410,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--set",
         action="append",
         metavar="KEY=VALUE",
-        help="set a params.yaml key first (repeatable)",
+        help="set a params.yaml key once the preflight checks pass (repeatable; it stays in "
+        "params.yaml and the run prints how to undo it)",
+    )
+    s.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="exit 1 at once when another run is in progress here (default: wait for it)",
     )
     s.set_defaults(func=cmd_run)
 
@@ -394,30 +466,21 @@ def main(argv: list[str] | None = None) -> int:
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)
     args = build_parser().parse_args(argv)
-    from lightning_fabric.utilities.exceptions import MisconfigurationException
-
-    from bigdeep.config import ConfigError
-    from bigdeep.data.sources import SourceError
-    from bigdeep.prepare import PrepareError
-    from bigdeep.servers import ServerError
-    from bigdeep.tracking import TrackingError
-    from bigdeep.train import ResumeError
-
     try:
         return args.func(args)
-    except (ConfigError, MisconfigurationException) as e:
-        print(f"bigdeep {args.command}: config error: {e}", file=sys.stderr)
-        return EXIT_CONFIG
-    except (
-        SourceError,
-        PrepareError,
-        TrackingError,
-        ServerError,
-        ResumeError,
-        FileNotFoundError,
-    ) as e:
-        print(f"bigdeep {args.command}: error: {e}", file=sys.stderr)
-        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print(f"bigdeep {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        # bigdeep.errors is light: small commands stay fast (nothing heavy imported to catch)
+        from bigdeep.errors import describe, exit_code
+
+        code = exit_code(e)
+        if code is None or args.debug:
+            raise  # a bug, or asked for: the traceback is what helps
+        label = "config error" if code == EXIT_CONFIG else "error"
+        print(f"bigdeep {args.command}: {label}: {describe(e)}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

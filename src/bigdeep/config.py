@@ -6,11 +6,16 @@ key is an error that names the key and the file.
 
 from __future__ import annotations
 
+import json
+import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from bigdeep.errors import EXIT_CONFIG, BigdeepError
 
 DATASETS = ("images", "series")
 
@@ -247,8 +252,10 @@ class Settings(Strict):
     registry: RegistrySettings = RegistrySettings()
 
 
-class ConfigError(ValueError):
+class ConfigError(BigdeepError, ValueError):
     """params.yaml is missing, unreadable or has a wrong key or value."""
+
+    exit_code = EXIT_CONFIG
 
 
 def load_settings(path: str | Path = "params.yaml") -> Settings:
@@ -280,42 +287,203 @@ def _describe(path: Path, e: ValidationError) -> str:
     return "\n".join(lines)
 
 
-def apply_overrides(path: str | Path, overrides: dict[str, str]) -> bool:
-    """Set dotted keys in params.yaml (like `dvc exp run -S key=value`), keeping its comments.
+@dataclass(frozen=True)
+class ParamChange:
+    """One `--set` as it lands in params.yaml: the key, its old and new text, its line (1-based)."""
 
-    Values are read as YAML (`3` is a number, `[1, 2]` a list). The result is validated
-    before anything is written, so a wrong key fails naming it and leaves the file alone.
-    Returns True when the file changed (an unchanged file keeps DVC's stages skipped).
+    key: str
+    old: str | None  # the value as it was written; None: the key was not in the file
+    new: str
+    line: int
+
+
+def apply_overrides(path: str | Path, overrides: dict[str, str]) -> list[ParamChange]:
+    """Set dotted keys in params.yaml (like `dvc exp run -S key=value`); returns what changed.
+
+    Values are read as YAML (`3` is a number, `[1, 2]` a list, `null` None). Only the value
+    on each key's own line is rewritten: every other byte of the file (comments, spacing,
+    `null`, flow lists) stays as it was. The result is validated before anything is written,
+    so a wrong key or value fails naming it and leaves the file alone. An empty list means
+    nothing changed (and DVC's stages stay skipped).
     """
-    from ruamel.yaml import YAML
-
-    if not overrides:
-        return False
     path = Path(path)
-    rt = YAML()
-    doc = rt.load(path.read_text(encoding="utf-8"))
-    for key, text in overrides.items():
-        node, *parents = key.split(".")[::-1]
-        target = doc
-        for part in reversed(parents):
-            if part not in target:
-                raise ConfigError(f"{path}: override {key}: unknown key {part!r}")
-            target = target[part]
-        target[node] = yaml.safe_load(str(text))
+    text, changes = plan_overrides(path, overrides)
+    if changes:
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(text.encode("utf-8"))
+        os.chmod(tmp, path.stat().st_mode & 0o7777)
+        os.replace(tmp, path)  # atomic: a reader sees the old file or the new one
+    return changes
+
+
+def plan_overrides(path: str | Path, overrides: dict[str, str]) -> tuple[str, list[ParamChange]]:
+    """The text params.yaml would have with `overrides` set, and the changes; writes nothing."""
+    path = Path(path)
     try:
-        Settings.model_validate(yaml.safe_load(_dump(rt, doc)))
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path}: not found (run from the project root or pass --params)"
+        ) from None
+    load_settings(path)  # the file as it is must be valid before it is edited
+    changes: list[ParamChange] = []
+    wanted: dict[str, object] = {}
+    for key, raw in overrides.items():
+        value_text = _value_text(path, key, raw)
+        wanted[key] = yaml.safe_load(value_text)
+        text, change = _set_line(path, text, key, value_text)
+        if change is not None:
+            changes = [c for c in changes if c.key != key] + [change]
+    try:
+        doc = yaml.safe_load(text) or {}
+        Settings.model_validate(doc)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: the --set values do not make valid YAML: {e}") from None
     except ValidationError as e:
-        raise ConfigError(_describe(path, e)) from None
-    new = _dump(rt, doc)
-    if new == path.read_text(encoding="utf-8"):
-        return False
-    path.write_text(new, encoding="utf-8")
-    return True
+        raise ConfigError(
+            _describe(path, e).replace("invalid setting(s)", "invalid setting(s) after --set")
+        ) from None
+    for key, value in wanted.items():  # what YAML reads back is what was asked for
+        node = doc
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node != value:
+            raise ConfigError(
+                f"--set {key}: {value!r} does not read back from {path} (got {node!r})"
+            )
+    return text, changes
 
 
-def _dump(rt, doc) -> str:
-    import io
+def _value_text(path: Path, key: str, raw: str) -> str:
+    """The one-line YAML text to write for `raw`: as the user wrote it when that reads back."""
+    raw = str(raw).strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"--set {key}={raw}: the key must be dotted names, e.g. train.cnn.epochs")
+    try:
+        value = yaml.safe_load(raw) if raw else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {key}={raw}: not a YAML value ({e})") from None
+    if raw and "\n" not in raw and "\r" not in raw:
+        try:
+            if yaml.safe_load(f"k: {raw}") == {"k": value}:
+                return raw
+        except yaml.YAMLError:
+            pass
+    return "null" if value is None else json.dumps(value)
 
-    buf = io.StringIO()
-    rt.dump(doc, buf)
-    return buf.getvalue()
+
+def _set_line(path: Path, text: str, key: str, value: str) -> tuple[str, ParamChange | None]:
+    """Rewrite the value on `key`'s line (adding the key when the file lacks it)."""
+    lines = text.splitlines(keepends=True)
+    parts = key.split(".")
+    start, end, indent = 0, len(lines), 0  # the block being searched: [start, end)
+    for depth, part in enumerate(parts):
+        found = _find_key(lines, start, end, part)
+        if found is None:
+            return _insert(lines, end, indent, parts[depth:], value, key)
+        i, indent_here = found
+        head, rest = _split_key_line(lines[i], indent_here, part)
+        value_part, comment = _split_comment(rest)
+        if depth == len(parts) - 1:
+            if not value_part.strip():
+                raise ConfigError(
+                    f"{path}:{i + 1}: --set {key}: the value spans several lines; "
+                    "--set replaces one-line values only (edit the file)"
+                )
+            old = value_part.strip()
+            if old == value:
+                return text, None
+            lead = value_part[: len(value_part) - len(value_part.lstrip())] or " "
+            tail = ""
+            if comment:
+                # keep the comment where it was when the new value fits, else one space
+                gap = len(value_part) - len(lead) - len(value)
+                tail = " " * max(gap, 1) + comment
+            eol = lines[i][len(lines[i].rstrip("\r\n")) :]
+            lines[i] = head + lead + value + tail + eol
+            return "".join(lines), ParamChange(key, old, value, i + 1)
+        if value_part.strip():
+            raise ConfigError(
+                f"{path}:{i + 1}: --set {key}: {'.'.join(parts[: depth + 1])} is not a mapping"
+            )
+        start, end = i + 1, _block_end(lines, i + 1, indent_here)
+        indent = indent_here + 2
+        child = _first_indent(lines, start, end)
+        if child is not None:
+            indent = child
+    raise AssertionError("unreachable")
+
+
+def _content(line: str) -> bool:
+    s = line.strip()
+    return bool(s) and not s.startswith("#")
+
+
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip(" "))
+
+
+def _first_indent(lines: list[str], start: int, end: int) -> int | None:
+    return next((_indent(lines[j]) for j in range(start, end) if _content(lines[j])), None)
+
+
+def _block_end(lines: list[str], start: int, parent_indent: int) -> int:
+    j = start
+    for k in range(start, len(lines)):
+        if _content(lines[k]):
+            if _indent(lines[k]) <= parent_indent:
+                break
+            j = k + 1
+    return j
+
+
+def _find_key(lines: list[str], start: int, end: int, part: str) -> tuple[int, int] | None:
+    indent = _first_indent(lines, start, end)
+    if indent is None:
+        return None
+    for j in range(start, end):
+        line = lines[j]
+        if _content(line) and _indent(line) == indent:
+            name = line[indent:].split(":", 1)[0].strip().strip("'\"")
+            if name == part and ":" in line:
+                return j, indent
+    return None
+
+
+def _split_key_line(line: str, indent: int, part: str) -> tuple[str, str]:
+    colon = line.index(":", indent) + 1
+    return line[:colon], line[colon:].rstrip("\r\n")
+
+
+def _split_comment(rest: str) -> tuple[str, str]:
+    """`  10   # note` -> ("  10   ", "# note"); a # inside quotes or brackets is kept."""
+    quote, depth = "", 0
+    for j, c in enumerate(rest):
+        if quote:
+            quote = "" if c == quote else quote
+        elif c in "'\"":
+            quote = c
+        elif c in "[{":
+            depth += 1
+        elif c in "]}":
+            depth -= 1
+        elif c == "#" and depth == 0 and (j == 0 or rest[j - 1] in " \t"):
+            return rest[:j], rest[j:]
+    return rest, ""
+
+
+def _insert(
+    lines: list[str], at: int, indent: int, parts: list[str], value: str, key: str
+) -> tuple[str, ParamChange]:
+    """Add the missing tail of `key` at the end of its parent's block."""
+    eol = "\r\n" if lines and lines[0].endswith("\r\n") else "\n"  # the file's own
+    if lines and not lines[-1].endswith("\n") and at == len(lines):
+        lines[-1] += eol
+    new = []
+    for depth, part in enumerate(parts):
+        pad = " " * (indent + 2 * depth)
+        new.append(
+            f"{pad}{part}: {value}{eol}" if depth == len(parts) - 1 else f"{pad}{part}:{eol}"
+        )
+    lines[at:at] = new
+    return "".join(lines), ParamChange(key, None, value, at + len(new))

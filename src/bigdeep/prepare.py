@@ -26,10 +26,11 @@ from PIL import Image
 from bigdeep.config import ImagePrepare, SeriesData, SeriesPrepare
 from bigdeep.data.sources import source_split
 from bigdeep.data.store import iter_shards, read_all
+from bigdeep.errors import BigdeepError
 from bigdeep.quality.leakage import leakage_error
 
 
-class PrepareError(ValueError):
+class PrepareError(BigdeepError, ValueError):
     """The accepted data cannot be split as asked."""
 
 

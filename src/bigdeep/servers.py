@@ -25,11 +25,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+from bigdeep.errors import BigdeepError
+
 DEFAULT_STATE = Path(".bigdeep/servers")
 HOST = "127.0.0.1"
 
 
-class ServerError(RuntimeError):
+class ServerError(BigdeepError, RuntimeError):
     """A server did not start, or is not answering."""
 
 

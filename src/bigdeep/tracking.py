@@ -14,9 +14,10 @@ from pathlib import Path
 import yaml
 
 from bigdeep.config import MlflowSettings
+from bigdeep.errors import BigdeepError
 
 
-class TrackingError(RuntimeError):
+class TrackingError(BigdeepError, RuntimeError):
     """The MLflow store cannot be reached or used."""
 
 

@@ -33,6 +33,7 @@ from pytorch_lightning.loggers import Logger
 
 from bigdeep import evaluate
 from bigdeep.config import Settings, Trainer
+from bigdeep.errors import BigdeepError
 from bigdeep.registry import (
     Decision,
     image_accuracy_scorer,
@@ -53,7 +54,7 @@ from bigdeep.tracking import (
 MODEL_REQUIREMENTS = [f"torch=={torch.__version__.split('+')[0]}", "numpy", "mlflow"]
 
 
-class ResumeError(RuntimeError):
+class ResumeError(BigdeepError, RuntimeError):
     """--resume was asked for but there is nothing matching to resume."""
 
 

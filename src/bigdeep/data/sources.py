@@ -26,12 +26,13 @@ import pandas as pd
 from PIL import Image
 
 from bigdeep.config import ImageData, SeriesData
+from bigdeep.errors import BigdeepError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm"}
 MAX_FILE_BYTES = 64 * 1024 * 1024  # larger "images" are refused, not read into memory
 
 
-class SourceError(ValueError):
+class SourceError(BigdeepError, ValueError):
     """A source cannot be read; the message names the file and where."""
 
 

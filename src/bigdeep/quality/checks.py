@@ -303,6 +303,8 @@ class Run:
         """Merge every check; decide. header_only: no rows, but the source had columns."""
         name = self.name
         outcomes = [c.outcome(name) for c in self.checks.values()]
+        for o in outcomes:  # the report groups failures by check: its first sentence
+            o.entry["first_failure"] = o.sentences[0] if o.sentences else None
         quarantine = _quarantine(outcomes)
         quarantined = int(quarantine["record"].nunique())
         fraction = quarantined / rows if rows else 0.0

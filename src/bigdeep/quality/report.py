@@ -77,3 +77,70 @@ def _short(value: Any) -> Any:
         return value
     text = value if isinstance(value, str) else json.dumps(value)
     return text if len(text) <= OBSERVED_CHARS else text[: OBSERVED_CHARS - 3] + "..."
+
+
+def failure_groups(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The failed checks, most important first, each once with its count and first sentence.
+
+    Order: what fails the gate by itself (a critical check, one that could not run, too many
+    quarantined) before what only quarantines records; then the larger count first. Each group:
+    check, v, critical, count (records or rows that failed; 1 for a dataset-level fact),
+    first (its first failure sentence). Without per-check data (an older report) the failure
+    sentences are grouped as they are.
+    """
+    entries = [e for e in report.get("expectations", []) if not e.get("success", True)]
+    groups = []
+    for order, e in enumerate(entries):
+        could_not_run = isinstance(e.get("observed"), str) and e["observed"].startswith(
+            "could not run"
+        )
+        groups.append(
+            {
+                "check": e["check"],
+                "v": e["v"],
+                "critical": bool(e.get("critical")) or could_not_run,
+                "count": int(e.get("unexpected_count") or 1) if e.get("record_level") else 1,
+                "first": e.get("first_failure") or e.get("notes") or "",
+                "order": order,
+            }
+        )
+    firsts = {g["first"] for g in groups}
+    for sentence in report.get("failures", []):
+        if "max_quarantine_fraction" in sentence and sentence not in firsts:
+            groups.append(
+                {
+                    "check": "quarantine_fraction",
+                    "v": "validity",
+                    "critical": True,
+                    "count": int(report.get("quarantined") or 0),
+                    "first": sentence,
+                    "order": -1,
+                }
+            )
+    if not entries and report.get("failures"):  # no per-check data: one group per sentence
+        groups += [
+            {"check": "", "v": "", "critical": True, "count": 1, "first": s, "order": i}
+            for i, s in enumerate(report["failures"])
+        ]
+    # what fails the gate first, the quarantine overflow (order -1) leading; then larger counts
+    groups.sort(key=lambda g: (not g["critical"], g["order"] >= 0, -g["count"], g["order"]))
+    for g in groups:
+        del g["order"]
+    return groups
+
+
+def failure_lines(report: dict[str, Any], limit: int = 8) -> list[str]:
+    """One line per failed check (see failure_groups), names from the data escaped."""
+    from bigdeep.errors import printable
+
+    groups = failure_groups(report)
+    unit = "rows" if "columns" in report else "records"
+    lines = []
+    for g in groups[:limit]:
+        label = f"{g['v']} {g['check']}".strip() or "failure"
+        kind = "fails the gate" if g["critical"] else "quarantined"
+        count = f"{g['count']} {unit}" if g["count"] > 1 else f"1 {unit[:-1]}"
+        lines.append(f"{label} ({kind}, {count}): {printable(g['first'])}")
+    if len(groups) > limit:
+        lines.append(f"... and {len(groups) - limit} more failed checks (see the report)")
+    return lines
