@@ -25,7 +25,7 @@ def test_stage_files_follow_dvc_yaml(tmp_path):
     assert stage_files(tmp_path, "images").metrics == "elsewhere/cnn.json"
 
 
-def test_summary_shows_gate_per_v_version_metrics_and_decision(tmp_path):
+def test_summary_shows_gate_per_v_version_metrics_and_decision(tmp_path, mlflow_uri):
     (tmp_path / "dvc.yaml").write_text((ROOT / "dvc.yaml").read_text())
     (tmp_path / "dvc.lock").write_text(
         yaml.safe_dump(
@@ -60,6 +60,50 @@ def test_summary_shows_gate_per_v_version_metrics_and_decision(tmp_path):
     text = summarize.fn(str(tmp_path), [ok, bad])
     assert "## images: gate PASSED, version abc.dir" in text
     assert "- validity: 5 passed, 1 failed" in text
-    assert "test_acc 0.975" in text and "MLflow run r1" in text
-    assert "bigdeep-cnn v2 is challenger (worse)" in text
+    assert "velocity" not in text  # no check of that V ran: no "0 passed, 0 failed" line
+    # training was skipped: its metrics and registry decision are an earlier run's
+    assert "- model cnn, unchanged (trained by an earlier run): test_acc 0.975" in text
+    assert "bigdeep-cnn v2 is challenger" not in text
+    assert "- registry: unchanged (bigdeep-cnn v2, challenger when it was trained" in text
+    assert f"- MLflow: run r1 in {mlflow_uri}" in text  # no server: the run id and its store
+    assert "| test_acc | 0.975 |" in text
     assert "## series: gate FAILED, version -" in text and "row 17 Demand is NaN" in text
+
+
+def test_summary_headline_per_model_and_table_of_every_metric(tmp_path):
+    (tmp_path / "dvc.yaml").write_text((ROOT / "dvc.yaml").read_text())
+    (tmp_path / "dvc.lock").write_text(yaml.safe_dump({"schema": "2.0", "stages": {}}))
+    metrics = {
+        "test_mae": 57.5,
+        "test_mae_vs_naive": 0.336,
+        "test_rmse": 74.46,
+        "test_naive_mae": 171.1,
+        "test_mape": 1.36,
+        "trained_epochs": 10.0,
+    }
+    s = DatasetSummary(
+        "series",
+        gate_passed=True,
+        model="rnn",
+        metrics=metrics,
+        stages={"ingest": "ran", "train_rnn": "ran"},
+        run={
+            "run_id": "r9",
+            "registry": {
+                "model": "bigdeep-rnn",
+                "version": "3",
+                "alias": "champion",
+                "reason": "better",
+            },
+        },
+    )
+    text = summarize.fn(str(tmp_path), [s])
+    headline = next(line for line in text.splitlines() if line.startswith("- model rnn"))
+    assert (
+        headline
+        == "- model rnn, trained now: test_mae 57.5, test_mae_vs_naive 0.336, test_rmse 74.46"
+    )
+    assert "- registry: bigdeep-rnn v3 is champion (better)" in text  # decided by this run
+    rows = [line for line in text.splitlines() if line.startswith("| ")]
+    assert rows[0] == "| rnn metric | value |" and len(rows) == 1 + len(metrics)
+    assert "| test_naive_mae | 171.1 |" in rows
