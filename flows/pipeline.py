@@ -226,7 +226,7 @@ def apply_params(project_dir: str, overrides: dict[str, str]) -> list[str]:
 
     changes = apply_overrides(Path(project_dir) / "params.yaml", overrides)
     lines = [
-        f"params.yaml:{c.line}: {c.key}: {c.old if c.old is not None else '(not set)'} -> {c.new}"
+        f"params.yaml line {c.line}: {c.key}: {c.old if c.old is not None else '(not set)'} -> {c.new}"
         for c in changes
     ]
     undo = [shlex.quote(f"{c.key}={c.old}") for c in changes if c.old is not None]
@@ -494,7 +494,11 @@ def _stage_paragraph(e: StageFailed) -> str:
     if e.dataset and not e.stage.startswith("train"):
         tail = f" Nothing was trained or registered on {e.dataset}."
     notes = f" {e.notes}" if getattr(e, "notes", "") else ""
-    return f"{head}: {describe(e)}{tail}{notes}{_log_hint()}"
+    return f"{head}: {_sentence(describe(e))}{tail}{notes}{_log_hint()}"
+
+
+def _sentence(text: str) -> str:
+    return text if text.endswith((".", "!", "?")) else text + "."
 
 
 def _gate_paragraph(project: str, s: DatasetSummary) -> str:
