@@ -91,7 +91,9 @@ def test_bad_source_exits_1_and_failed_gate_exits_3_in_one_paragraph(
     assert log.read_text().count("----- ingest@series: dvc repro output -----") == 1
     # --set was applied after the preflight checks, on its line only, and says how to undo it
     params_after = (project / "params.yaml").read_text().splitlines()
-    changed = [i for i, (a, b) in enumerate(zip(params_before, params_after)) if a != b]
+    changed = [
+        i for i, (a, b) in enumerate(zip(params_before, params_after, strict=True)) if a != b
+    ]
     assert len(changed) == 1 and params_after[changed[0]].strip() == "epochs: 1"
     assert f"params.yaml line {changed[0] + 1}: train.rnn.epochs: 2 -> 1" in seen
     assert "undo: bigdeep run --set train.rnn.epochs=2" in seen
