@@ -347,3 +347,45 @@ def test_every_project_error_is_a_bigdeep_error():
     for cls in (SourceError, PrepareError, TrackingError, ServerError):
         assert issubclass(cls, BigdeepError) and cls("x").exit_code == EXIT_FAILED
     assert ConfigError("x").exit_code == EXIT_CONFIG and isinstance(ConfigError("x"), ValueError)
+
+
+@pytest.mark.slow
+def test_bigdeep_validate_lists_each_failed_check_once_with_its_count(
+    tmp_path, capsys, monkeypatch
+):
+    """30 rows with no Demand: one line for the check with its count, not 20 copies of it."""
+    import pandas as pd
+
+    from bigdeep.cli import main
+
+    times = pd.date_range("2024-01-01", periods=60, freq="h", tz="UTC")
+    frame = pd.DataFrame({"Time": times.strftime("%Y-%m-%dT%H:%M:%SZ"), "Demand": 100.0})
+    frame["Temperature"] = 20.0
+    frame.loc[10:39, "Demand"] = None
+    frame.to_csv(tmp_path / "demand.csv", index=False)
+    (tmp_path / "params.yaml").write_text(
+        "data:\n  series:\n    source: csv:demand.csv\n    last_days: null\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    assert main(["ingest", "series", "--out", "raw"]) == 0
+    code = main(
+        [
+            "validate",
+            "series",
+            "--raw",
+            "raw",
+            "--report",
+            "reports/series.json",
+            "--quarantine",
+            "quarantine",
+            "--reference",
+            "none.json",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 3
+    listed = [line for line in err.splitlines() if line.startswith("  - ")]
+    assert listed[0].startswith("  - validity quarantine_fraction (fails the gate, 30 rows): ")
+    nan = [line for line in listed if "row 11 " in line]
+    assert len(nan) == 1 and "(quarantined, 30 rows)" in nan[0], listed
+    assert len(listed) <= 4, listed
