@@ -93,7 +93,14 @@ def clear_stale_dvc_locks(project: Path) -> list[str]:
     path = Path(project) / DVC_RWLOCK
     if not path.exists():
         return []
-    guard = zc.lockfile.LockFile(str(path) + ".lock")
+    for attempt in range(50):  # DVC holds its guard only while it edits the file
+        try:
+            guard = zc.lockfile.LockFile(str(path) + ".lock")
+            break
+        except zc.lockfile.LockError:
+            if attempt == 49:
+                return [f"left {DVC_RWLOCK} alone: DVC is editing it"]
+            time.sleep(0.1)
     try:
         try:
             lock = json.loads(path.read_text(encoding="utf-8") or "{}")
