@@ -225,7 +225,7 @@ def summarize(project_dir: str, summaries: list[DatasetSummary]) -> str:
             reg = s.run.get("registry") or {}
             if reg:
                 lines.append(
-                    f"- registry: {reg['model']} v{reg['version']} is {reg['alias']} ({reg['reason']})"
+                    f"- registry: {reg['model']} v{reg['version']} is {reg['alias'] or 'not promoted'} ({reg['reason']})"
                 )
         lines.append("- stages: " + ", ".join(f"{k} {v}" for k, v in s.stages.items()))
         lines.append("")
