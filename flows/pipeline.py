@@ -341,11 +341,11 @@ def _model_lines(s: DatasetSummary, store: str) -> list[str]:
     reg = s.run.get("registry") or {}
     if reg and trained:
         lines.append(
-            f"- registry: {reg['model']} v{reg['version']} is {reg['alias']} ({reg['reason']})"
+            f"- registry: {reg['model']} v{reg['version']} is {reg['alias'] or 'not promoted'} ({reg['reason']})"
         )
     elif reg:
         lines.append(
-            f"- registry: unchanged ({reg['model']} v{reg['version']}, {reg['alias']} when it "
+            f"- registry: unchanged ({reg['model']} v{reg['version']}, {reg['alias'] or 'not promoted'} when it "
             "was trained; see `bigdeep lineage` for the current aliases)"
         )
     return lines

@@ -126,6 +126,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not k.startswith("test_recall_")
     )
     print(f"train {args.model}: {shown} (MLflow run {result.run_id})")
+    if result.decision is not None:
+        print(f"  registry: {result.decision.summary}")
     return 0
 
 
@@ -367,7 +369,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quarantine", required=True)
     s.add_argument(
         "--reference",
-        help="profile of the last accepted version, for drift (default: data/reference/<dataset>.json)",
+        help="folder of the accepted reference profiles, one <identity>.json per dataset "
+        "identity, for drift and volume drop (default: data/reference/<dataset>)",
     )
     s.set_defaults(func=cmd_validate)
 

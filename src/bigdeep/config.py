@@ -6,10 +6,12 @@ key is an error that names the key and the file.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Literal
 
 import yaml
@@ -29,6 +31,7 @@ class Strict(BaseModel):
 
 class ImageData(Strict):
     source: str = "builtin:mnist"  # builtin:mnist | folder:<dir> | idx:<dir>
+    name: str | None = None  # dataset identity; null: derived from the source (dataset_identity)
     per_class: int | None = Field(500, ge=1)  # cap per class at ingest; null keeps all
     shard_rows: int = Field(2000, ge=1)
 
@@ -36,6 +39,15 @@ class ImageData(Strict):
     @classmethod
     def _known_scheme(cls, v: str) -> str:
         return _check_scheme(v, ("builtin", "folder", "idx"))
+
+    @field_validator("name")
+    @classmethod
+    def _identity(cls, v: str | None) -> str | None:
+        return _check_identity(v)
+
+    @property
+    def identity(self) -> str:
+        return dataset_identity(self.source, self.name)
 
 
 class SeriesData(Strict):
@@ -47,11 +59,21 @@ class SeriesData(Strict):
     features: list[str] = ["Temperature"]
     last_days: int | None = Field(365, ge=1)  # keep the newest N days at ingest; null keeps all
     shard_rows: int = Field(100_000, ge=1)
+    name: str | None = None  # dataset identity; null: derived from the source (dataset_identity)
 
     @field_validator("source")
     @classmethod
     def _known_scheme(cls, v: str) -> str:
         return _check_scheme(v, ("builtin", "csv", "parquet", "jsonl"))
+
+    @field_validator("name")
+    @classmethod
+    def _identity(cls, v: str | None) -> str | None:
+        return _check_identity(v)
+
+    @property
+    def identity(self) -> str:
+        return dataset_identity(self.source, self.name)
 
 
 def _check_scheme(v: str, schemes: tuple[str, ...]) -> str:
@@ -59,6 +81,49 @@ def _check_scheme(v: str, schemes: tuple[str, ...]) -> str:
     if not sep or scheme not in schemes or not rest:
         raise ValueError(f"source {v!r} must be one of {', '.join(s + ':<...>' for s in schemes)}")
     return v
+
+
+# A dataset identity names a file (data/reference/<slot>/<identity>.json) and a registered
+# model (<prefix>-<model>-<identity>): lower-case letters, digits, - and _ only.
+IDENTITY = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+
+
+def _check_identity(v: str | None) -> str | None:
+    if v is not None and not IDENTITY.fullmatch(v):
+        raise ValueError(
+            f"{v!r} is not a dataset name: use 1-64 lower-case letters, digits, - or _ "
+            "(e.g. my-digits), or null to derive it from the source"
+        )
+    return v
+
+
+def dataset_identity(source: str, name: str | None = None) -> str:
+    """What a dataset is, whatever slot it enters by: `name` when given, else a slug of the source.
+
+    builtin:mnist -> mnist, builtin:vic_elec -> vic_elec; any other source -> <scheme>-<last
+    path part>-<6 hex of the source>, e.g. folder:data/my digits -> folder-my-digits-1a2b3c
+    (the hash keeps two folders called `digits` apart; moving a folder starts a new history
+    unless `name` keeps it). Pure.
+    """
+    if name is not None:
+        return name
+    scheme, _, rest = source.partition(":")
+    if scheme == "builtin":
+        return _slug(rest) or scheme
+    where = PurePosixPath(rest.replace("\\", "/")).as_posix()  # ./a/b/ and a/b are one source
+    digest = hashlib.sha256(f"{scheme}:{where}".encode()).hexdigest()[:6]
+    base = _slug(PurePosixPath(where).name)[:40].strip("-_")
+    return "-".join(part for part in (scheme, base, digest) if part)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9_]+", "-", text.lower()).strip("-_")
+
+
+def default_identity(dataset: str) -> str:
+    """The identity of a slot's embedded data (mnist, vic_elec): its models keep the plain
+    registered names bigdeep-cnn and bigdeep-rnn."""
+    return getattr(DataSettings(), dataset).identity
 
 
 class DataSettings(Strict):
@@ -240,6 +305,9 @@ class RegistrySettings(Strict):
     prefix: str = "bigdeep"  # registered models are <prefix>-cnn and <prefix>-rnn
     cnn_margin: float = Field(0.0, ge=0)  # test accuracy a new CNN must gain over the champion
     rnn_margin: float = Field(0.0, ge=0)  # test MAE a new RNN must cut below the champion's
+    # Sanity floor, the first model included: below it a model is registered but never champion.
+    cnn_floor_margin: float = Field(0.0, ge=0, lt=1)  # test accuracy > majority-class rate + this
+    rnn_floor_ratio: float = Field(1.0, gt=0)  # test MAE < this x the naive forecast's MAE
 
 
 class Settings(Strict):

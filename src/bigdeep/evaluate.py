@@ -22,6 +22,12 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> 
     return cm
 
 
+def majority_rate(y_true: np.ndarray) -> float:
+    """Accuracy of always answering the most common class of `y_true` (class indices)."""
+    y = np.asarray(y_true, dtype=np.int64)
+    return float(np.bincount(y).max() / len(y)) if len(y) else 0.0
+
+
 def per_class_precision_recall(cm: np.ndarray, classes: list[str]) -> list[dict]:
     rows = []
     for i, name in enumerate(classes):

@@ -1,9 +1,12 @@
 """Champion / challenger promotion in the MLflow registry, and lineage back to the data.
 
 After a training run, the new model and the current `champion` are scored on the same
-DVC-pinned test split. The new version is registered either way; it takes the alias
-`champion` only when it beats the champion by the margin in params.yaml, otherwise it is
-the `challenger`. The first model becomes champion.
+DVC-pinned test split. The new version is registered either way. `decide` (pure) gives it:
+no alias when it does not clear the sanity floor (the CNN must beat the majority-class rate
+of its test split, the RNN the naive forecast's MAE; the first model included), else
+`champion` when there is none yet or it beats the champion by the margin in params.yaml,
+else `challenger`. A model is registered under the name of its dataset identity
+(`registered_name`), so it never competes with another identity's champion.
 
     bigdeep lineage bigdeep-cnn@champion     # run, params hash, git commit, DVC md5s, flow run
     bigdeep restore bigdeep-cnn@champion     # put that model's raw data back into data/raw/
@@ -14,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,13 +25,43 @@ from pathlib import Path
 import numpy as np
 
 CHAMPION, CHALLENGER = "champion", "challenger"
+IDENTITY_TAG = "bigdeep.data.identity"  # on the run and its model versions; `lineage` shows it
+
+
+def registered_name(prefix: str, model: str, identity: str, default_identity: str) -> str:
+    """<prefix>-<model> for the slot's embedded data (bigdeep-cnn, bigdeep-rnn, as always);
+    <prefix>-<model>-<identity> for any other dataset identity. Pure."""
+    name = f"{prefix}-{model}"
+    return name if identity == default_identity else f"{name}-{identity}"
+
+
+@dataclass(frozen=True)
+class Floor:
+    """The score a model must beat to be champion at all: a trivial baseline on its test split."""
+
+    baseline: str  # what the baseline is, for people
+    baseline_score: float
+    limit: float  # the candidate must score better than this
+    setting: str  # the params.yaml key that moves the limit, and its value
+
+    @staticmethod
+    def majority_class(rate: float, margin: float) -> Floor:
+        """CNN: accuracy above always answering the test split's most common class."""
+        return Floor(
+            "majority-class rate", rate, rate + margin, f"registry.cnn_floor_margin={margin:g}"
+        )
+
+    @staticmethod
+    def naive_forecast(mae: float, ratio: float) -> Floor:
+        """RNN: MAE below repeating the last value seen."""
+        return Floor("naive forecast MAE", mae, mae * ratio, f"registry.rnn_floor_ratio={ratio:g}")
 
 
 @dataclass(frozen=True)
 class Decision:
     model: str  # registered model name
     version: str
-    alias: str  # champion | challenger
+    alias: str | None  # champion | challenger | None (under the sanity floor)
     metric: str
     higher_is_better: bool
     candidate_score: float
@@ -37,11 +71,62 @@ class Decision:
     data_version: str  # the test split both were scored on (DVC md5 of the processed data)
     champion_trained_on: str | None  # the champion's own training data version, for review
     reason: str
+    identity: str | None = None  # the dataset identity the model was trained on
+    floor_baseline: str | None = None  # e.g. majority-class rate
+    floor_score: float | None = None  # the limit the candidate had to beat
+    above_floor: bool | None = None
+
+    @property
+    def summary(self) -> str:
+        """One line for the train stage's output and the run's tag."""
+        return f"{self.model} v{self.version} -> {self.alias or 'no alias'}: {self.reason}"
 
 
 def is_better(candidate: float, champion: float, margin: float, higher_is_better: bool) -> bool:
     """True when `candidate` beats `champion` by more than `margin`. Pure."""
     return candidate > champion + margin if higher_is_better else candidate < champion - margin
+
+
+def decide(
+    *,
+    metric: str,
+    candidate_score: float,
+    higher_is_better: bool,
+    floor: Floor | None,
+    margin: float,
+    champion_version: str | None = None,
+    champion_score: float | None = None,
+    champion_error: str | None = None,
+) -> tuple[str | None, str, bool | None]:
+    """(alias, reason, above_floor) for a new model. Pure: no registry, no run.
+
+    champion_version None: there is no champion yet. champion_error: the champion could not
+    be scored on this test split (other shapes): it is replaced, if the candidate clears the floor.
+    """
+    sign = ">" if higher_is_better else "<"
+    above = None
+    if floor is not None:
+        above = is_better(candidate_score, floor.limit, 0.0, higher_is_better)
+        clears = (
+            f"{metric} {candidate_score:.4g} {'beats' if above else 'does not beat'} the sanity "
+            f"floor {floor.limit:.4g} ({floor.baseline} {floor.baseline_score:.4g}, "
+            f"{floor.setting}; {sign} is better)"
+        )
+        if not above:
+            return None, f"{clears}: never champion", False
+    if champion_version is None:
+        reason = "first model: no champion yet"
+    elif champion_error is not None:
+        reason = f"champion v{champion_version} cannot be scored on this data: {champion_error}"
+    else:
+        better = is_better(candidate_score, champion_score, margin, higher_is_better)
+        reason = (
+            f"{metric} {candidate_score:.4g} {'beats' if better else 'does not beat'} "
+            f"champion v{champion_version} {champion_score:.4g} by margin {margin:g} ({sign} is better)"
+        )
+        if not better:
+            return CHALLENGER, reason if floor is None else f"{clears}; {reason}", above
+    return CHAMPION, reason if floor is None else f"{clears}; {reason}", above
 
 
 def register_and_promote(
@@ -56,49 +141,39 @@ def register_and_promote(
     margin: float,
     data_version: str,
     tags: dict[str, str],
+    floor: Floor | None = None,
 ) -> Decision:
-    """Register `model_uri` under `name` and give it `champion` or `challenger`."""
-    import mlflow
+    """Score the candidate and the champion, `decide`, then register `model_uri` under `name`
+    with the alias decided (none under the floor) and record the decision on the run."""
     from mlflow.exceptions import MlflowException
 
     try:
-        client.get_registered_model(name)
-    except MlflowException:
-        client.create_registered_model(
-            name, description="bigdeep model; aliases champion / challenger"
-        )
-    try:
         current = client.get_model_version_by_alias(name, CHAMPION)
     except MlflowException:
-        current = None
-
+        current = None  # no such model, or no champion yet
     candidate_score = score(model_uri)
-    version = mlflow.register_model(model_uri, name, tags=tags).version
-    champion_version, champion_score, champion_data = None, None, None
-    if current is None:
-        alias, reason = CHAMPION, "first model: no champion yet"
-    else:
+    champion_version, champion_score, champion_data, champion_error = None, None, None, None
+    if current is not None:
         champion_version = str(current.version)
         champion_data = client.get_run(current.run_id).data.tags.get("bigdeep.data.version")
         try:
             champion_score = score(f"models:/{name}/{current.version}")
         except Exception as e:  # noqa: BLE001 - an unscorable champion (other shapes) is replaced
-            alias, reason = (
-                CHAMPION,
-                f"champion v{current.version} cannot be scored on this data: {e}",
-            )
-        else:
-            better = is_better(candidate_score, champion_score, margin, higher_is_better)
-            alias = CHAMPION if better else CHALLENGER
-            sign = ">" if higher_is_better else "<"
-            reason = (
-                f"{metric} {candidate_score:.4g} {'beats' if better else 'does not beat'} "
-                f"champion v{current.version} {champion_score:.4g} by margin {margin:g} ({sign} is better)"
-            )
-    client.set_registered_model_alias(name, alias, version)
+            champion_error = str(e)
+    alias, reason, above = decide(
+        metric=metric,
+        candidate_score=candidate_score,
+        higher_is_better=higher_is_better,
+        floor=floor,
+        margin=margin,
+        champion_version=champion_version,
+        champion_score=champion_score,
+        champion_error=champion_error,
+    )
+    version = register(client, name, run_id, model_uri, tags)
     decision = Decision(
         model=name,
-        version=str(version),
+        version=version,
         alias=alias,
         metric=metric,
         higher_is_better=higher_is_better,
@@ -109,14 +184,55 @@ def register_and_promote(
         data_version=data_version,
         champion_trained_on=champion_data,
         reason=reason,
+        identity=tags.get(IDENTITY_TAG),
+        floor_baseline=None if floor is None else floor.baseline,
+        floor_score=None if floor is None else floor.limit,
+        above_floor=above,
     )
-    client.set_tag(run_id, "bigdeep.registry.decision", f"{name} v{version} -> {alias}")
-    mlflow.log_dict(asdict(decision), "registry/decision.json")
-    metrics = {"registry.candidate_score": candidate_score}
-    if champion_score is not None:
-        metrics["registry.champion_score"] = champion_score
-    mlflow.log_metrics(metrics)
+    record(client, run_id, decision, floor)
     return decision
+
+
+def register(client, name: str, run_id: str, model_uri: str, tags: dict[str, str]) -> str:
+    """A new version of `name` (created if need be) from `model_uri`; its version number."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        client.create_registered_model(
+            name, description="bigdeep model; aliases champion / challenger"
+        )
+    return str(mlflow.register_model(model_uri, name, tags=tags).version)
+
+
+def record(client, run_id: str, decision: Decision, floor: Floor | None) -> None:
+    """Set the alias decided and write the decision on the run and the model version."""
+    name, version = decision.model, decision.version
+    if decision.alias is not None:
+        client.set_registered_model_alias(name, decision.alias, version)
+    promoted = decision.alias or "no alias"
+    tags = {
+        "bigdeep.registry.decision": f"{name} v{version} -> {promoted}",
+        "bigdeep.registry.reason": decision.reason,
+    }
+    if decision.above_floor is not None:
+        tags["bigdeep.registry.floor"] = "passed" if decision.above_floor else "failed"
+    for key, value in tags.items():
+        client.set_tag(run_id, key, value)
+        client.set_model_version_tag(name, version, key, value)
+    client.log_dict(run_id, asdict(decision), "registry/decision.json")
+    metrics = {"registry.candidate_score": decision.candidate_score}
+    if decision.champion_score is not None:
+        metrics["registry.champion_score"] = decision.champion_score
+    if floor is not None:
+        metrics["registry.floor_baseline"] = floor.baseline_score
+        metrics["registry.floor"] = floor.limit
+    from mlflow.entities import Metric
+
+    now = int(1000 * time.time())
+    client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()])
 
 
 # --- scoring on the pinned test split --------------------------------------------------------

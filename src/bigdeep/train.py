@@ -6,7 +6,8 @@
 Each run logs params, per-epoch train/val curves (one MLflow call per epoch: per-step
 logging to SQLite costs more than the step), test metrics, evaluation plots, the model
 (`pt2` format, with signature and input example), the quality report and the exact data
-version (DVC md5); then the model is registered as champion or challenger.
+version (DVC md5) and the dataset identity; then the model is registered under its identity's
+name (registry.registered_name) as champion, challenger or, under the sanity floor, no alias.
 
 Checkpoints (last and best, written atomically) go to `checkpoints/<model>/`. A run that
 died (SIGKILL, a lost machine) is resumed from its last checkpoint into the same MLflow
@@ -32,13 +33,16 @@ from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 from pytorch_lightning.loggers import Logger
 
 from bigdeep import evaluate
-from bigdeep.config import Settings, Trainer
+from bigdeep.config import Settings, Trainer, default_identity
 from bigdeep.errors import BigdeepError
 from bigdeep.registry import (
+    IDENTITY_TAG,
     Decision,
+    Floor,
     image_accuracy_scorer,
     params_hash,
     register_and_promote,
+    registered_name,
     series_mae_scorer,
 )
 from bigdeep.tracking import (
@@ -64,6 +68,7 @@ class TrainResult:
     run_id: str
     metrics: dict[str, float]
     data_version: str
+    decision: Decision | None = None  # the registry's, with its reason
 
 
 @dataclass(frozen=True)
@@ -273,6 +278,7 @@ class Job:
     metric: str
     higher_is_better: bool
     margin: float
+    floor: Callable[[dict[str, float]], Floor]  # test metrics -> the sanity floor to clear
 
 
 def fit_and_log(
@@ -294,7 +300,7 @@ def fit_and_log(
         previous = None
         for stale in paths.checkpoints.glob("*.ckpt"):
             stale.unlink()  # another run's: never continue from it
-    tags = run_tags(settings, job.name, version)
+    tags = run_tags(settings, job.name, version, job.dataset)
     run_id = previous["run_id"] if previous else None
     with start_run(settings.mlflow, run_name=f"train_{job.name}", tags=tags, run_id=run_id) as (
         run,
@@ -333,9 +339,12 @@ def fit_and_log(
         torch.save(job.model.state_dict(), paths.out / "model.pt")
         module, example = job.export()
         model_uri = log_model(module, example, name="model")
+        identity = getattr(settings.data, job.dataset).identity
         decision = register_and_promote(
             client=client,
-            name=f"{settings.registry.prefix}-{job.name}",
+            name=registered_name(
+                settings.registry.prefix, job.name, identity, default_identity(job.dataset)
+            ),
             run_id=run.info.run_id,
             model_uri=model_uri,
             score=job.score,
@@ -344,6 +353,7 @@ def fit_and_log(
             margin=job.margin,
             data_version=version.processed_md5,
             tags=client.get_run(run.info.run_id).data.tags,
+            floor=job.floor(metrics),
         )
         evaluate.write_history(history.rows, paths.plots / "history.csv")
         evaluate.plot_history(
@@ -357,7 +367,7 @@ def fit_and_log(
             paths.checkpoints,
             {"run_id": run.info.run_id, "fingerprint": fingerprint, "complete": True},
         )
-        return TrainResult(job.name, run.info.run_id, metrics, version.raw_md5)
+        return TrainResult(job.name, run.info.run_id, metrics, version.raw_md5, decision)
 
 
 def launched_as_rank_zero() -> bool:
@@ -414,10 +424,11 @@ def _write_outputs(
     (paths.out / "run.json").write_text(json.dumps(run_info, indent=2, sort_keys=True) + "\n")
 
 
-def run_tags(settings: Settings, model: str, version: DataVersion) -> dict[str, str]:
-    """Lineage: which data (DVC md5s), code (git) and params (hash) a run came from."""
+def run_tags(settings: Settings, model: str, version: DataVersion, dataset: str) -> dict[str, str]:
+    """Lineage: which data (identity, DVC md5s), code (git) and params (hash) a run came from."""
     return {
         "bigdeep.model": model,
+        IDENTITY_TAG: getattr(settings.data, dataset).identity,
         "bigdeep.params_hash": params_hash(settings.model_dump()),
         **version.tags(),
         **git_state(),
@@ -526,6 +537,7 @@ def train_cnn(settings: Settings, paths: Paths, resume: bool | None = None) -> T
         return {
             "test_loss": float(tested["test_loss"]),
             "test_acc": float(np.mean(np.asarray(y_true) == np.asarray(y_pred))),
+            "test_majority_rate": evaluate.majority_rate(y_true),  # the sanity floor's baseline
             **recalls,
         }
 
@@ -550,6 +562,9 @@ def train_cnn(settings: Settings, paths: Paths, resume: bool | None = None) -> T
         metric="test_acc",
         higher_is_better=True,
         margin=settings.registry.cnn_margin,
+        floor=lambda m: Floor.majority_class(
+            m["test_majority_rate"], settings.registry.cnn_floor_margin
+        ),
     )
     return fit_and_log(settings, job, paths, resume)
 
@@ -595,6 +610,9 @@ def train_rnn(settings: Settings, paths: Paths, resume: bool | None = None) -> T
         metric="test_mae",
         higher_is_better=False,
         margin=settings.registry.rnn_margin,
+        floor=lambda m: Floor.naive_forecast(
+            m["test_naive_mae"], settings.registry.rnn_floor_ratio
+        ),
     )
     return fit_and_log(settings, job, paths, resume)
 

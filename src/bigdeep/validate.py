@@ -9,8 +9,14 @@ raw shards with bounded memory. Writes, per dataset:
     reports/quality/<name>.json        the report (a DVC metric): per-V counts, drift, quarantine
     reports/quality/docs/<name>.html   Great Expectations Data Docs, readable offline
     data/quarantine/<name>/            reasons.parquet + copies of the quarantined records
-    data/reference/<name>.json         the profile drift is measured against; replaced only
-                                       when the gate passes (the last accepted version)
+    data/reference/<name>/<identity>.json
+                                       the profile drift and volume drop are measured against;
+                                       replaced only when the gate passes (the last accepted
+                                       version of that dataset identity, config.dataset_identity)
+
+History belongs to the identity, not to the slot: a slot pointed at another source starts a
+new history (its first accepted version is its baseline, and the report says so), and a
+slot pointed back finds its own history where it left it.
 
 The raw data is never modified. The CLI exits 3 when the gate fails, so `dvc repro` and the
 flow stop before anything is trained.
@@ -33,7 +39,17 @@ from bigdeep.quality.gate import (
     write_report,
 )
 
-REFERENCE_DIR = Path("data/reference")  # default of `bigdeep validate --reference`
+REFERENCE_DIR = Path("data/reference")  # default of `bigdeep validate --reference`: <it>/<dataset>
+
+
+def reference_path(references_dir: Path, identity: str) -> Path:
+    """The accepted reference profile of one dataset identity, in its slot's folder."""
+    if references_dir.suffix == ".json" or references_dir.is_file():
+        raise ValueError(
+            f"--reference {references_dir}: expected the folder of reference profiles "
+            f"(one <identity>.json each, e.g. data/reference/images), not a file"
+        )
+    return references_dir / f"{identity}.json"
 
 
 def validate(
@@ -42,15 +58,18 @@ def validate(
     raw_dir: Path,
     report_path: Path,
     quarantine_dir: Path,
-    reference_path: Path | None = None,
+    references_dir: Path | None = None,
     *,
     now: pd.Timestamp | None = None,
 ) -> GateResult:
-    """Run the gate on `raw_dir`; reference_path defaults to data/reference/<dataset>.json
-    (relative to the working directory, the project root under DVC)."""
+    """Run the gate on `raw_dir` against the reference of the dataset's identity, in
+    references_dir (default data/reference/<dataset>, relative to the working directory, the
+    project root under DVC)."""
     if report_path.name != f"{dataset}.json":
         raise ValueError(f"--report must be <dir>/{dataset}.json, got {report_path}")
-    reference = load_reference(reference_path or REFERENCE_DIR / f"{dataset}.json")
+    identity = getattr(settings.data, dataset).identity
+    path = reference_path(references_dir or REFERENCE_DIR / dataset, identity)
+    reference = load_reference(path, identity=identity)
     if dataset == "images":
         result = gate_images("images", raw_dir, settings.quality.images, reference=reference)
     else:

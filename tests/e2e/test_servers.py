@@ -143,7 +143,8 @@ def test_scheduled_deployment_registers_champion_with_lineage(servers, tmp_path)
         assert second.state.is_completed(), second.state
         assert len(versions(client, "bigdeep-cnn")) == 1
 
-        # a deliberately worse model (one epoch, one batch of 32 of 210 images) stays challenger;
+        # a deliberately worse model (one epoch, one batch of 32 of 210 images) stays challenger
+        # (no alias at all if it is under the sanity floor, ~0.1 accuracy on 10 classes);
         # the run's parameter overrides go through the deployment into params.yaml
         worse = {"train.cnn.epochs": "1", "train.trainer.limit_train_batches": "1"}
         third = trigger(servers, parameters={"overrides": worse})
@@ -153,10 +154,12 @@ def test_scheduled_deployment_registers_champion_with_lineage(servers, tmp_path)
         assert (
             client.get_model_version_by_alias("bigdeep-cnn", "champion").version == champion.version
         )
-        assert (
-            client.get_model_version_by_alias("bigdeep-cnn", "challenger").version == vs[-1].version
-        )
         challenger_run = client.get_run(vs[-1].run_id)
+        if challenger_run.data.tags["bigdeep.registry.floor"] == "passed":
+            challenger = client.get_model_version_by_alias("bigdeep-cnn", "challenger")
+            assert challenger.version == vs[-1].version
+        else:
+            assert not vs[-1].aliases
         assert (
             challenger_run.data.metrics["registry.candidate_score"]
             <= challenger_run.data.metrics["registry.champion_score"]

@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from bigdeep.cli import main
+from bigdeep.config import dataset_identity
 from tests.unit.images import digit, png
 
 CLASSES = ["0", "1", "2"]
@@ -559,11 +560,13 @@ def real_digits(shift: int = 0) -> Callable[[Path], None]:
 
 def test_drift_passes_against_itself_and_fails_for_shifted_pixels(project: Project) -> None:
     real_digits()(project.root)
-    reference = project.root / "data" / "reference" / "images.json"
+    project.params(images={"name": "digits"})  # one dataset identity, whatever its folder
+    reference = project.root / "data" / "reference" / "images" / "digits.json"
 
     first = project.run("images")
     assert first.code == 0
     assert first.report["drift"]["reference"] is None  # nothing accepted yet: drift is null
+    assert first.report["drift"]["note"] == "first version of digits: no drift or drop checks yet"
     assert first.report["drift"]["js"] == {"pixel_intensity": None, "pixel_mean": None}
     accepted = json.loads(reference.read_text())
     assert accepted["rows"] == 24 and accepted["categorical"]["label"] == dict.fromkeys(CLASSES, 8)
@@ -572,10 +575,12 @@ def test_drift_passes_against_itself_and_fails_for_shifted_pixels(project: Proje
     assert again.code == 0
     assert again.report["drift"]["js"] == {"pixel_intensity": 0.0, "pixel_mean": 0.0}
     assert again.report["drift"]["linf"] == {"label": 0.0}
-    assert again.report["drift"]["reference"] == "data/reference/images.json"
+    assert again.report["drift"]["reference"] == "data/reference/images/digits.json"
+    assert again.report["drift"]["first_version"] is False and again.report["identity"] == "digits"
 
     real_digits(shift=60)(project.root)  # a new version: every pixel 60 brighter
-    project.params(images={"source": "folder:src/shifted"})
+    # elsewhere, but named as the same dataset: judged against its history
+    project.params(images={"source": "folder:src/shifted", "name": "digits"})
     before = reference.read_bytes()
     shifted = project.run("images")
     assert shifted.code == 3
@@ -605,13 +610,15 @@ def test_volume_drop_against_the_last_accepted_version(project: Project) -> None
 
 def test_broken_reference_fails_the_gate_and_says_so(project: Project) -> None:
     image_folder(project.root)
-    (project.root / "data" / "reference").mkdir(parents=True)
-    (project.root / "data" / "reference" / "images.json").write_text("{not json")
+    identity = dataset_identity("folder:src/images")  # the default: from the source
+    (project.root / "data" / "reference" / "images").mkdir(parents=True)
+    (project.root / "data" / "reference" / "images" / f"{identity}.json").write_text("{not json")
     run = project.run("images")
     assert run.code == 3
     assert any(
         f.startswith(
-            "images: drift_js could not run: data/reference/images.json is not readable JSON"
+            f"images: drift_js could not run: data/reference/images/{identity}.json "
+            "is not readable JSON"
         )
         for f in run.report["failures"]
     )

@@ -11,6 +11,8 @@ import torch
 from bigdeep.registry import (
     CHALLENGER,
     CHAMPION,
+    Floor,
+    decide,
     dvc_dir_md5,
     is_better,
     lineage,
@@ -82,6 +84,103 @@ def test_first_model_is_champion_then_worse_is_challenger_better_takes_over(mlfl
     assert str(client.get_model_version_by_alias("m", CHALLENGER).version) == "2"
     shown = lineage(client, "m@champion")
     assert shown["model"] == "m v3" and shown["run_id"] == client.get_model_version("m", "3").run_id
+
+
+MAJORITY = Floor.majority_class(rate=0.3, margin=0.05)  # test_acc must beat 0.35
+NAIVE = Floor.naive_forecast(mae=140.0, ratio=0.9)  # test_mae must beat 126
+
+
+@pytest.mark.parametrize(
+    ("metric", "score", "higher", "floor", "champion", "alias", "says"),
+    [
+        # the first model too: under the floor it is no champion
+        ("test_acc", 0.34, True, MAJORITY, None, None, "does not beat the sanity floor 0.35"),
+        ("test_acc", 0.36, True, MAJORITY, None, CHAMPION, "first model: no champion yet"),
+        ("test_acc", 0.36, True, MAJORITY, 0.5, CHALLENGER, "does not beat champion v1 0.5"),
+        ("test_acc", 0.6, True, MAJORITY, 0.5, CHAMPION, "beats champion v1 0.5"),
+        # better than a (poor) champion, still under the floor: never champion
+        ("test_acc", 0.3, True, MAJORITY, 0.2, None, "(majority-class rate 0.3,"),
+        ("test_mae", 1779.0, False, NAIVE, None, None, "naive forecast MAE 140"),
+        ("test_mae", 127.0, False, NAIVE, None, None, "registry.rnn_floor_ratio=0.9"),
+        (
+            "test_mae",
+            120.0,
+            False,
+            NAIVE,
+            None,
+            CHAMPION,
+            "test_mae 120 beats the sanity floor 126",
+        ),
+        ("test_mae", 120.0, False, NAIVE, 110.0, CHALLENGER, "does not beat champion v1 110"),
+    ],
+)
+def test_decide(metric, score, higher, floor, champion, alias, says):
+    got, reason, above = decide(
+        metric=metric,
+        candidate_score=score,
+        higher_is_better=higher,
+        floor=floor,
+        margin=0.0,
+        champion_version=None if champion is None else "1",
+        champion_score=champion,
+    )
+    assert (got, above) == (alias, alias is not None)
+    assert says in reason, reason
+    assert reason.endswith(": never champion") is (alias is None)
+
+
+def test_under_the_floor_a_model_is_registered_without_alias_and_the_run_says_why(mlflow_uri):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    mlflow.set_tracking_uri(mlflow_uri)
+    mlflow.set_experiment("floor-test")
+    client = MlflowClient(mlflow_uri)
+    x = np.ones((2, 3), dtype=np.float32)
+    score = lambda uri: float(np.asarray(mlflow.pyfunc.load_model(uri).predict(x)).mean())  # noqa: E731
+    floor = Floor.majority_class(rate=0.6, margin=0.0)
+
+    decisions, runs = [], []
+    for k in (0.5, 0.8, 0.55):  # under the floor (first model), over it, under it again
+        with mlflow.start_run() as r:
+            info = mlflow.pytorch.log_model(
+                Scale(k), name="model", input_example=x, pip_requirements=["torch"]
+            )
+            runs.append(r.info.run_id)
+            decisions.append(
+                register_and_promote(
+                    client=client,
+                    name="m",
+                    run_id=r.info.run_id,
+                    model_uri=info.model_uri,
+                    score=score,
+                    metric="k",
+                    higher_is_better=True,
+                    margin=0.0,
+                    data_version="d",
+                    tags={"bigdeep.data.identity": "digits"},
+                    floor=floor,
+                )
+            )
+    assert [d.alias for d in decisions] == [None, CHAMPION, None]
+    assert [d.version for d in decisions] == ["1", "2", "3"]  # registered all the same
+    assert decisions[0].identity == "digits" and decisions[0].floor_score == pytest.approx(0.6)
+    assert str(client.get_model_version_by_alias("m", CHAMPION).version) == "2"
+    assert not client.get_model_version("m", "3").aliases  # not even challenger
+    with pytest.raises(Exception, match="challenger"):
+        client.get_model_version_by_alias("m", CHALLENGER)
+
+    first = client.get_run(runs[0])
+    assert first.data.tags["bigdeep.registry.decision"] == "m v1 -> no alias"
+    assert first.data.tags["bigdeep.registry.floor"] == "failed"
+    assert first.data.tags["bigdeep.registry.reason"] == (
+        "k 0.5 does not beat the sanity floor 0.6 (majority-class rate 0.6, "
+        "registry.cnn_floor_margin=0; > is better): never champion"
+    )
+    assert first.data.metrics["registry.floor"] == pytest.approx(0.6)
+    assert client.get_model_version("m", "1").tags["bigdeep.registry.floor"] == "failed"
+    assert decisions[0].summary.startswith("m v1 -> no alias: k 0.5 does not beat")
+    assert client.get_run(runs[1]).data.tags["bigdeep.registry.decision"] == "m v2 -> champion"
 
 
 def test_dvc_dir_md5_matches_dvc_and_restore_rebuilds_it(tmp_path):

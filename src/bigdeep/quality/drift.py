@@ -6,7 +6,7 @@ per-image means, series columns) and value counts for categorical ones (labels).
 validation compares the new data to it: Jensen-Shannon divergence (base 2, in [0, 1]) for
 histograms, L-infinity distance (largest change of any value's share) for frequencies.
 
-    reference = load_reference("data/reference/images.json")   # Reference(profile=None) at first
+    reference = load_reference("data/reference/images/mnist.json", identity="mnist")  # profile None at first
     js_divergence([10, 0], [5, 5])                              # 0.311...
 """
 
@@ -35,25 +35,29 @@ class Reference:
     path: str
     profile: dict[str, Any] | None = None  # None: no accepted version yet
     error: str | None = None  # why the file could not be used
+    identity: str | None = None  # the dataset identity whose history this is
 
 
-def load_reference(path: str | Path) -> Reference:
+def load_reference(path: str | Path, identity: str | None = None) -> Reference:
     """Read a reference profile; a missing file is no reference, a broken one says why."""
     path = Path(path)
     if not path.exists():
-        return Reference(str(path))
+        return Reference(str(path), identity=identity)
     try:
         profile = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         return Reference(
-            str(path), error=f"{path} is not readable JSON ({e}); delete it to start afresh"
+            str(path),
+            error=f"{path} is not readable JSON ({e}); delete it to start afresh",
+            identity=identity,
         )
     if not isinstance(profile, dict) or profile.get("format") != FORMAT:
         return Reference(
             str(path),
             error=f"{path} is not a bigdeep reference profile (format {FORMAT}); delete it",
+            identity=identity,
         )
-    return Reference(str(path), profile=profile)
+    return Reference(str(path), profile=profile, identity=identity)
 
 
 def write_reference(profile: dict[str, Any], path: str | Path) -> Path:

@@ -1,6 +1,6 @@
 """The quality gate: validate a dataset with its suites, quarantine bad records, decide.
 
-    reference = load_reference("data/reference/images.json")
+    reference = load_reference("data/reference/images/mnist.json", identity="mnist")
     result = gate_images("images", "data/raw/images", settings.quality.images, reference=reference)
     write_report(result, "reports/quality")                     # reports/quality/images.json
     write_quarantine(result, "data/raw/images", "data/quarantine/images")
@@ -113,8 +113,9 @@ def run_gate(
     `data` naming its timestamp, target and feature columns).
 
     report: dataset, passed, rows, quarantined, quarantined_fraction, max_quarantine_fraction,
-    by_v ({v: {passed, failed}}), drift (reference, reference_rows, drop_pct, js {measure:
-    value}, linf {measure: value}: null values when there is no reference), columns (series:
+    by_v ({v: {passed, failed}}), drift (identity, first_version, note, reference,
+    reference_rows, drop_pct, js {measure: value}, linf {measure: value}: null values when
+    there is no reference), columns (series:
     expected, missing, extra), expectations (one entry per expectation, in suite order: v,
     check, expectation, column, critical, record_level, success, observed, unexpected_count,
     examples, notes) and failures (sentences for people).
@@ -361,6 +362,7 @@ def _result(
 ) -> GateResult:
     report: dict[str, Any] = {
         "dataset": name,
+        "identity": drift["identity"],
         "passed": v.passed,
         "rows": rows,
         "quarantined": v.quarantined,
@@ -433,7 +435,15 @@ def _drift_report(
     ref = reference.profile if reference else None
     ref_rows = None if ref is None else int(ref.get("rows", 0))
     drop = None if not ref_rows else round(max(0.0, (ref_rows - rows) / ref_rows * 100), 4)
+    identity = reference.identity if reference else None
+    first = reference is not None and ref is None and reference.error is None
     return {
+        "identity": identity,  # whose history the reference is (config.dataset_identity)
+        # no accepted version of this identity yet: this one becomes its baseline if it passes
+        "first_version": first,
+        "note": f"first version of {identity or 'this dataset'}: no drift or drop checks yet"
+        if first
+        else None,
         "reference": None if reference is None or ref is None else reference.path,
         "reference_rows": ref_rows,
         "drop_pct": drop,

@@ -63,7 +63,9 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         c = report["by_v"].get(v, {"passed": 0, "failed": 0})
         lines.append(f"  {v:<9} {c['passed']} passed, {c['failed']} failed")
     drift = report.get("drift") or {}
-    if drift.get("reference") is None:
+    if drift.get("note"):
+        lines.append(f"  drift     {drift['note']}")
+    elif drift.get("reference") is None:
         lines.append("  drift     no reference yet (first accepted version)")
     else:
         values = [f"{m} js={v:.4g}" for m, v in drift["js"].items() if v is not None]
