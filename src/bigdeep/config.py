@@ -15,7 +15,14 @@ from pathlib import Path, PurePosixPath
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from bigdeep.errors import EXIT_CONFIG, BigdeepError
 
@@ -175,11 +182,30 @@ class SeriesQuality(Strict):
     max_drift_linf: float = Field(0.1, ge=0, le=1)  # L-infinity on categorical frequencies
     # validity
     freq: str | None = None  # expected step (pandas Timedelta, e.g. 30min); null: the most common
+    # outlier: further than this many robust deviations (MAD, as a sigma) from the median of
+    # the last accepted version (of this data when there is none); null: not checked
+    max_robust_z: float | None = Field(20.0, gt=0)
+    # hard bounds per value column, [low, high] (null: open), e.g. {Demand: [0, null]}
+    bounds: dict[str, tuple[float | None, float | None]] = {}
     # velocity
     max_gap: str | None = "1h"  # longest step between rows; null: one step of freq
     max_age: str | None = None  # newest row at most this old (e.g. 2d); null: not checked
     # A hole in a series cannot be windowed without imputation, so by default any bad row fails.
     max_quarantine_fraction: float = Field(0.0, ge=0, le=1)
+
+    @field_validator("bounds")
+    @classmethod
+    def _bounds(
+        cls, v: dict[str, tuple[float | None, float | None]]
+    ) -> dict[str, tuple[float | None, float | None]]:
+        for column, (low, high) in v.items():
+            if low is None and high is None:
+                raise ValueError(f"{column}: [null, null] bounds nothing; give a low or a high")
+            if any(b is not None and b != b for b in (low, high)):  # NaN compares false
+                raise ValueError(f"{column}: a bound must be a number or null")
+            if low is not None and high is not None and low > high:
+                raise ValueError(f"{column}: low {low:g} is above high {high:g}")
+        return v
 
     @field_validator("freq", "max_gap", "max_age")
     @classmethod
@@ -319,6 +345,18 @@ class Settings(Strict):
     mlflow: MlflowSettings = MlflowSettings()
     registry: RegistrySettings = RegistrySettings()
 
+    @model_validator(mode="after")
+    def _bounds_name_value_columns(self) -> Settings:
+        series = self.data.series
+        values = [series.target, *series.features]
+        for column in self.quality.series.bounds:
+            if column not in values:
+                raise ValueError(
+                    f"quality.series.bounds.{column}: {column!r} is not the series target or a "
+                    f"feature ({', '.join(values)}); bounds apply to those columns"
+                )
+        return self
+
 
 class ConfigError(BigdeepError, ValueError):
     """params.yaml is missing, unreadable or has a wrong key or value."""
@@ -348,7 +386,9 @@ def _describe(path: Path, e: ValidationError) -> str:
     lines = [f"{path}: {e.error_count()} invalid setting(s)"]
     for err in e.errors():
         key = ".".join(str(p) for p in err["loc"])
-        if err["type"] == "extra_forbidden":
+        if not key:  # a check across sections names its keys itself
+            lines.append(f"  {err['msg'].removeprefix('Value error, ')}")
+        elif err["type"] == "extra_forbidden":
             lines.append(f"  {key}: unknown key")
         else:
             lines.append(f"  {key}: {err['msg']} (got {err.get('input')!r})")

@@ -13,6 +13,8 @@ rows repeat the builtin Victoria demand / temperature with noise on a 1-minute g
 Each measurement runs in its own process, so its peak memory (ru_maxrss) is its own:
   gate   `gate_images` / `gate_series` as `bigdeep validate` runs them (profile + validate);
   plain  the same checks in a plain pass: decode with PIL, numpy/pandas checks, no GX.
+  bare   (series) the gate without its range checks (max_robust_z null, no bounds): what
+         the outlier check costs is gate / bare.
 For images, `gate` also times its GX validations alone against the same checks done with
 pandas on the same profile chunks (`validation` ratio). Targets (issue 3): cost linear in
 rows; GX at most 3x the plain pass; peak memory at 1M images within 1.2x of 100k.
@@ -197,6 +199,7 @@ def plain_series(store: Path) -> dict:
     histograms; streamed by shard, the timestamps kept (as the gate does)."""
     stamps, bad, rows, previous = [], 0, 0, None
     hist = {c: np.zeros(32, dtype=np.int64) for c in ("Demand", "Temperature")}
+    kept: dict[str, list[np.ndarray]] = {c: [] for c in hist}  # for the robust range
     for path in sorted(store.glob("part-*.parquet")):
         f = pd.read_parquet(path)
         rows += len(f)
@@ -208,10 +211,17 @@ def plain_series(store: Path) -> dict:
         for c in hist:
             v = pd.to_numeric(f[c], errors="coerce").to_numpy(np.float64)
             bad += int((~np.isfinite(v)).sum())
+            kept[c].append(v)
             hist[c] += np.histogram(v[np.isfinite(v)].clip(0, 10_000), np.linspace(0, 10_000, 33))[
                 0
             ]
         bad += int((f["timestamp_zone"] != "Z").sum())
+    for parts in kept.values():  # median +- 20 robust deviations on each side
+        v = np.concatenate(parts)
+        median = np.median(v)
+        low = 1.4826 * np.median(median - v[v <= median])
+        high = 1.4826 * np.median(v[v >= median] - median)
+        bad += int(((v < median - 20 * low) | (v > median + 20 * high)).sum())
     ts = np.concatenate(stamps)
     values, counts = np.unique(ts, return_counts=True)
     steps = np.diff(values)
@@ -252,7 +262,8 @@ def _measure(kind: str, mode: str, store: Path) -> dict:
         extra.update(rows=result.report["rows"], passed=result.passed, **timing)
     else:
         data = SeriesData(timestamp="timestamp", target="Demand", features=["Temperature"])
-        result = gate_series("series", store, SeriesQuality(), data)
+        settings = SeriesQuality(max_robust_z=None) if mode == "bare" else SeriesQuality()
+        result = gate_series("series", store, settings, data)
         extra.update(rows=result.report["rows"], passed=result.passed)
     seconds = time.perf_counter() - start
     self_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -366,11 +377,14 @@ def main() -> None:
             store = make(args.data, n)
             print(f"{kind} {n}: store ready in {time.perf_counter() - t:.0f} s", flush=True)
             # interleaved repeats, medians: the box may be busy with other work
-            gates, plains = [], []
+            gates, plains, bares = [], [], []
             for _ in range(args.repeats):
                 gates.append(run_child(kind, "gate", store))
                 plains.append(run_child(kind, "plain", store))
+                if kind == "series":
+                    bares.append(run_child(kind, "bare", store))
             gate, plain = _median(gates), _median(plains)
+            bare = _median(bares) if bares else None
             row = {
                 "kind": kind,
                 "n": n,
@@ -390,6 +404,8 @@ def main() -> None:
                 "gate_runs_s": gate["all_seconds"],
                 "plain_runs_s": plain["all_seconds"],
                 "passed": gate["passed"],
+                "bare_s": bare["seconds"] if bare else None,
+                "range_checks_cost": gate["seconds"] / bare["seconds"] - 1 if bare else None,
             }
             rows.append(row)
             print(
@@ -408,6 +424,12 @@ def main() -> None:
             f"{r['plain_per_s']:>8,.0f}    {r['ratio']:>7.2f}{vr:>7}{r['gate_peak_mb']:>9.0f}"
             f"{r['gate_work_mb']:>9.0f}{r['worker_peak_mb']:>9.0f}{r['plain_peak_mb']:>9.0f}"
         )
+    for r in rows:
+        if r["bare_s"]:
+            print(
+                f"{r['kind']} {r['n']:,}: range checks (max_robust_z) {r['range_checks_cost']:+.0%}: "
+                f"gate {r['gate_s']:.2f} s, without them {r['bare_s']:.2f} s"
+            )
 
 
 if __name__ == "__main__":

@@ -61,7 +61,7 @@ def test_summary_lines_one_per_v():
     lines = summary_lines(failing_series().report)
     assert lines[0] == "series: FAILED (24 rows, 1 quarantined)"
     assert [line.split()[0] for line in lines[1:5]] == ["volume", "variety", "validity", "velocity"]
-    assert lines[3] == "  validity  8 passed, 1 failed"
+    assert lines[3] == "  validity  10 passed, 1 failed"  # with Demand_outlier, Temperature_outlier
     assert lines[5] == "  drift     no reference yet (first accepted version)"
 
 

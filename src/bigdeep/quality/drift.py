@@ -143,6 +143,7 @@ class ProfileBuilder:
         self.on_ref = {m: Histogram(h["edges"]) for m, h in ref_numeric.items()}
         self.categorical: dict[str, Counter[str]] = {}
         self.too_many: set[str] = set()  # columns that turned out not to be categories
+        self.robust: dict[str, dict[str, Any]] = {}  # series: median and spread (ranges.py)
 
     def add_numeric(self, measure: str, values: Any) -> None:
         if measure in self.own:
@@ -171,7 +172,7 @@ class ProfileBuilder:
 
     def profile(self) -> dict[str, Any]:
         """The reference profile to save if this version is accepted."""
-        return {
+        profile = {
             "format": FORMAT,
             "dataset": self.dataset,
             "rows": self.rows,
@@ -180,6 +181,9 @@ class ProfileBuilder:
                 m: dict(sorted(c.items())) for m, c in sorted(self.categorical.items())
             },
         }
+        if self.robust:
+            profile["robust"] = dict(sorted(self.robust.items()))
+        return profile
 
     def drift(self, reference: dict | None) -> list[dict[str, Any]]:
         """One row per measure: measure, kind (numeric | categorical), js (histograms) or linf

@@ -20,7 +20,6 @@ the only I/O besides reading the raw store.
 from __future__ import annotations
 
 import json
-import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -45,6 +44,7 @@ from bigdeep.quality.profile import (
     iter_image_profiles,
     shard_paths,
 )
+from bigdeep.quality.ranges import RobustSample, hashes, value_ranges
 from bigdeep.quality.suites import (
     CLASS_COLUMNS,
     DRIFT_COLUMNS,
@@ -264,23 +264,25 @@ def _gate_series(
 
     # pass 1: the timeline (timestamps and zones), the value ranges and the columns seen
     timeline_builder = TimelineBuilder(s.freq, s.max_gap)
-    lows: dict[str, float] = {}
-    highs: dict[str, float] = {}
+    samples = {c: RobustSample() for c in values}  # min, max, median and spread of each
     seen: list[str] = []
+    position = 0
     for frame in chunks([ts, ZONE_COLUMN, *values, "row"]):
         if ts in frame:
             timeline_builder.add(frame[ts], frame[ZONE_COLUMN] if ZONE_COLUMN in frame else None)
+        row_hashes = hashes(position, len(frame))
+        position += len(frame)
         for c in values:
             if c in frame:
                 v = pd.to_numeric(frame[c], errors="coerce").to_numpy(np.float64)
-                v = v[np.isfinite(v)]
-                if len(v):
-                    lows[c] = min(lows.get(c, math.inf), float(v.min()))
-                    highs[c] = max(highs.get(c, -math.inf), float(v.max()))
+                samples[c].add(v, row_hashes)
     timeline = timeline_builder.build()
-    edges = {c: edges_between(lows.get(c), highs.get(c)) for c in values}
+    edges = {c: edges_between(samples[c].low, samples[c].high) for c in values}
+    own = {c: samples[c].stats() for c in values}
+    del samples
+    ranges = value_ranges(values, own, ref, s.max_robust_z, dict(s.bounds))
 
-    records = series_suite(data, s, timeline)
+    records = series_suite(data, s, timeline, ranges=ranges)
     max_age_s = None if s.max_age is None else pd.Timedelta(s.max_age).total_seconds()
     summary = summary_suite(
         name, s.min_rows, s.max_rows, s.max_drop_pct, "rows", max_age_s, not s.allow_extra_columns
@@ -288,6 +290,7 @@ def _gate_series(
     drift = drift_suite(name, s.max_drift_js, s.max_drift_linf)
     run = Run(name, [summary, records, drift])
     builder = ProfileBuilder(name, edges, ref)
+    builder.robust = {c: stats for c, stats in own.items() if stats is not None}
     required = ["row", ts, *values]
     deriver = Deriver(timeline, ts)
 
@@ -305,7 +308,7 @@ def _gate_series(
             )
         numeric = frozenset(c for c in values if c in frame and _numeric(frame[c]))
         if numeric not in suites:
-            suites[numeric] = series_suite(data, s, timeline, numeric)
+            suites[numeric] = series_suite(data, s, timeline, numeric, ranges)
         run.validate(suites[numeric], Table(deriver.derive(frame), "row", ts, "rows", required))
         rows += len(frame)
         for c in values:
@@ -341,6 +344,7 @@ def _gate_series(
         "extra": extra,
         "freq": timeline.freq,
         "zones": timeline.zones,
+        "ranges": {c: r.to_json() for c, r in ranges.items()},
     }
     report_drift = _drift_report(reference, rows, drift_rows, s.max_drift_js, s.max_drift_linf)
     header_only = rows == 0 and len(seen) > 1

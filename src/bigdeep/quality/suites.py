@@ -30,6 +30,7 @@ import numpy as np
 
 from bigdeep.config import ImageQuality, SeriesData, SeriesQuality
 from bigdeep.quality.profile import PROFILE_COLUMNS, mode_bands
+from bigdeep.quality.ranges import ValueRange
 from bigdeep.quality.timeline import Timeline
 
 if TYPE_CHECKING:
@@ -522,18 +523,20 @@ def series_suite(
     settings: SeriesQuality,
     timeline: Timeline | None = None,
     numeric: frozenset[str] | None = None,
+    ranges: dict[str, ValueRange] | None = None,
 ) -> gx.ExpectationSuite:
     """Expectations on the raw series rows (with `timeline.DERIVED` columns), keyed by `row`.
 
     numeric: the value columns that hold numbers in the chunk to validate (their finite
-    check is a range check); None: all of them."""
+    check is a range check; only they get the bounds and outlier checks); None: all of them.
+    ranges: per value column, its bounds from params.yaml and its robust range (ranges.py)."""
     timeline = timeline or Timeline()
     if numeric is None:
         numeric = frozenset([data.target, *data.features])
     return _suite(
         "series",
         _series_variety(data)
-        + _series_validity(data, timeline, numeric)
+        + _series_validity(data, settings, timeline, numeric, ranges or {})
         + _series_velocity(data, settings, timeline),
     )
 
@@ -574,7 +577,13 @@ def _series_variety(d: SeriesData) -> list[Any]:
     )
 
 
-def _series_validity(d: SeriesData, t: Timeline, numeric: frozenset[str]) -> list[Any]:
+def _series_validity(
+    d: SeriesData,
+    s: SeriesQuality,
+    t: Timeline,
+    numeric: frozenset[str],
+    ranges: dict[str, ValueRange],
+) -> list[Any]:
     import great_expectations.expectations as gxe
 
     ts = d.timestamp
@@ -659,6 +668,8 @@ def _series_validity(d: SeriesData, t: Timeline, numeric: frozenset[str]) -> lis
             ),
             _finite(c, c in numeric),
         ]
+        if c in numeric and c in ranges:  # a text chunk fails its type check instead
+            values += _in_range(ranges[c], s)
     return timestamps + values
 
 
@@ -684,6 +695,69 @@ def _finite(c: str, numeric: bool) -> Any:
         column=c,
         **kwargs,
     )
+
+
+def _in_range(r: ValueRange, s: SeriesQuality) -> list[Any]:
+    """`<c>_bounds`: within quality.series.bounds; `<c>_outlier`: within the robust range.
+    Record-level: a row outside is quarantined, and max_quarantine_fraction decides."""
+    import great_expectations.expectations as gxe
+
+    c, checks = r.column, []
+    key = f"quality.series.bounds.{c}"
+    # inf, -inf (and NaN) are `<c>_finite`'s (and `<c>_present`'s) to name, not these checks'
+    finite: dict[str, str] = {}
+    if "`" not in c:  # pandas' query quotes a column name in backticks
+        finite = {"row_condition": f"`{c}`.abs() < inf", "condition_parser": "pandas"}
+    if r.bounded:
+        bounds = f"[{_number(r.bound_low)}, {_number(r.bound_high)}]"
+        checks.append(
+            _expect(
+                gxe.ExpectColumnValuesToBeBetween,
+                v="validity",
+                check=f"{c}_bounds",
+                critical=False,
+                record_level=True,
+                notes=f"every {c} is within {bounds} ({key} in params.yaml)",
+                says=(
+                    f"row {{key}} ({{ts}}) {{column}} is {{value}}, outside {key} = {bounds}: "
+                    f"correct the row at the source, or change the bound in params.yaml"
+                ),
+                column=c,
+                min_value=r.bound_low,
+                max_value=r.bound_high,
+                **finite,
+            )
+        )
+    if r.robust:
+        accepted = f"{_number(r.low, '-inf')} .. {_number(r.high, 'inf')}"
+        how = (
+            f"median {_number(r.median)} of {r.source} +- {s.max_robust_z:g} robust deviations, "
+            "quality.series.max_robust_z"
+        )
+        checks.append(
+            _expect(
+                gxe.ExpectColumnValuesToBeBetween,
+                v="validity",
+                check=f"{c}_outlier",
+                critical=False,
+                record_level=True,
+                notes=f"every {c} is within {accepted} ({how})",
+                says=(
+                    f"row {{key}} ({{ts}}) {{column}} is {{value}}, far outside the accepted range {accepted} ({how}): "
+                    f"correct the row at the source; if the value is real, set {key}: [low, high] "
+                    "in params.yaml (it replaces this range) or raise max_robust_z"
+                ),
+                column=c,
+                min_value=r.low,
+                max_value=r.high,
+                **finite,
+            )
+        )
+    return checks
+
+
+def _number(value: float | None, none: str = "null") -> str:
+    return none if value is None else f"{value:.6g}"
 
 
 def _series_velocity(d: SeriesData, s: SeriesQuality, t: Timeline) -> list[Any]:
