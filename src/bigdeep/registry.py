@@ -177,7 +177,7 @@ def lineage(client, ref: str) -> dict:
         "aliases": list(mv.aliases),
         "run_id": run.info.run_id,
         "git_commit": tags.get("bigdeep.git.commit"),
-        "git_dirty": tags.get("bigdeep.git.dirty"),
+        "git_dirty": {"true": True, "false": False}.get(tags.get("bigdeep.git.dirty", "")),
         "params_hash": tags.get("bigdeep.params_hash"),
         "data": {
             k.removeprefix("bigdeep.data."): v
