@@ -63,3 +63,29 @@ def test_summary_shows_gate_per_v_version_metrics_and_decision(tmp_path):
     assert "test_acc 0.975" in text and "MLflow run r1" in text
     assert "bigdeep-cnn v2 is challenger (worse)" in text
     assert "## series: gate FAILED, version -" in text and "row 17 Demand is NaN" in text
+
+
+def test_dvc_metrics_lead_with_the_models_then_the_quality_reports(tmp_path):
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    for name in ("dvc.yaml", "params.yaml", "metrics", "reports/quality"):
+        source, target = ROOT / name, tmp_path / name
+        if source.is_dir():
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns("docs"))
+        else:
+            shutil.copy(source, target)
+    dvc = [sys.executable, "-m", "dvc"]
+    subprocess.run([*dvc, "init", "--no-scm", "-q"], cwd=tmp_path, check=True)
+    shown = subprocess.run(
+        [*dvc, "metrics", "show", "--json"], cwd=tmp_path, capture_output=True, text=True
+    )
+    files = list(json.loads(shown.stdout)[""]["data"])
+    assert files == [
+        "metrics/cnn.json",
+        "metrics/rnn.json",
+        "reports/quality/images.json",
+        "reports/quality/series.json",
+    ]
