@@ -242,7 +242,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
                 print(f"  {line}")
             if len(restored.fallbacks) > 5:
                 print(f"  ... and {len(restored.fallbacks) - 5} more")
-            print(f"  repaired {restored.repaired} object(s) in the cache {cache}")
+            if restored.repaired:
+                print(f"  repaired {restored.repaired} object(s) in the cache {cache}")
         print(f"restored {dataset} {md5} -> {dest}")
     return 0
 
