@@ -1,9 +1,18 @@
 # bigdeep: `make run` runs the pipeline on the embedded data; `make test` runs the tests.
-# Both set up .venv first from the pinned constraints (torch is the CPU build on disk here).
+# Both set up .venv first from the pinned constraints of the Python in use (3.11, 3.12 or 3.13:
+# `make setup PYTHON=python3.12`); torch is the CPU build on disk here for 3.11.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+PYVER := $(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)
+# one pinned constraints file per supported Python: constraints.txt is 3.11's
+CONSTRAINTS := $(if $(filter 3.11,$(PYVER)),constraints.txt,constraints-$(PYVER).txt)
+VENDOR := .bigdeep/vendor
+# Ports: `make ui PORT=5001`, `make servers MLFLOW_PORT=5001 PREFECT_PORT=4201`.
+PORT ?= 5000
+MLFLOW_PORT ?= 5000
+PREFECT_PORT ?= 4200
 
 # Quiet and offline by default (MLflow reads "true", not "1").
 export DO_NOT_TRACK := true
@@ -15,18 +24,27 @@ export MPLBACKEND := Agg
 # Prefect's state (ephemeral server database, logs) stays in the project.
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 
-.PHONY: setup browser run test lint format ui servers servers-down bench clean
+.PHONY: setup python-version browser run test lint format ui servers servers-down bench clean
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed $(VENDOR)/plots.html
 
-$(VENV)/.installed: pyproject.toml constraints.txt
-	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), f"bigdeep needs Python 3.11, found {sys.version.split()[0]}"'
+$(VENV)/.installed: pyproject.toml $(wildcard $(CONSTRAINTS)) | python-version
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	# torch first and alone, pinned: a bare requirement would pull a multi-GB CUDA build.
-	$(BIN)/pip install -q -c constraints.txt torch==2.13.0
-	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	# torch first and alone, pinned: a bare requirement would pull a newer build. Off 3.11 there is
+	# no CPU wheel here: PyPI's torch 2.13.0 for 3.12/3.13 is the CUDA build (~4.5 GB with its libraries).
+	$(BIN)/pip install -q -c $(CONSTRAINTS) torch==2.13.0
+	$(BIN)/pip install -q -c $(CONSTRAINTS) -e '.[dev]'
 	@touch $@
+
+python-version:
+	@test -f "$(CONSTRAINTS)" || { echo "bigdeep supports Python 3.11, 3.12 and 3.13;" \
+	  "$(PYTHON) is $(or $(PYVER),not found): run make $(or $(MAKECMDGOALS),setup) PYTHON=python3.12" \
+	  "(or python3.11, python3.13)" >&2; exit 1; }
+
+# `dvc plots show` offline: vega, vega-lite, vega-embed (pinned) inlined into DVC's page template.
+$(VENDOR)/plots.html: scripts/offline_plots.sh | $(VENV)/.installed
+	scripts/offline_plots.sh $(VENDOR) $(BIN)/dvc
 
 run: setup
 	@test -d .dvc || $(BIN)/dvc init -q
@@ -51,11 +69,11 @@ format: setup
 	$(BIN)/ruff check --fix src flows tests
 
 ui: setup
-	$(BIN)/bigdeep ui
+	$(BIN)/bigdeep ui --port $(PORT)
 
 # Prefect + MLflow servers on 127.0.0.1 (SQLite; set BIGDEEP_POSTGRES_URL for PostgreSQL).
 servers: setup
-	$(BIN)/bigdeep servers up
+	$(BIN)/bigdeep servers up --mlflow-port $(MLFLOW_PORT) --prefect-port $(PREFECT_PORT)
 
 servers-down: setup
 	$(BIN)/bigdeep servers down

@@ -103,7 +103,7 @@ def stage_files(project: Path, dataset: str) -> StageFiles:
     return StageFiles(
         fingerprint=path(body("ingest")["deps"][0]),
         raw=path(body("ingest")["outs"][0]),
-        report=path(body("validate")["metrics"][0]),
+        report=path(body("validate")["outs"][0]),
         metrics=path(train["metrics"][0]),
         model_dir=path(train["outs"][0]),
     )

@@ -275,7 +275,7 @@ def cmd_lineage(args: argparse.Namespace) -> int:
 def cmd_restore(args: argparse.Namespace) -> int:
     from mlflow.tracking import MlflowClient
 
-    from bigdeep.registry import lineage, restore_dir
+    from bigdeep.registry import RestoreError, lineage, restore_dir
     from bigdeep.tracking import tracking_uri
 
     _use_servers(Path(".bigdeep/servers"))
@@ -283,7 +283,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
     from dvc.repo import Repo
 
     with Repo(".") as repo:  # the workspace cache first, then every local remote
-        stores = [Path(repo.cache.local.path).parents[1]]
+        cache = Path(repo.cache.local.path).parents[1]
+        stores = [cache]
         stores += [Path(r["url"]) for r in repo.config["remote"].values() if "://" not in r["url"]]
     for key, md5 in info["data"].items():
         dataset, _, field = key.partition(".")
@@ -294,7 +295,19 @@ def cmd_restore(args: argparse.Namespace) -> int:
                 f"{args.ref}: its {dataset} data was not versioned by DVC ({md5})"
             )
         dest = Path(info["data"][f"{dataset}.path"])
-        restore_dir(md5, dest, stores)
+        try:
+            restored = restore_dir(md5, dest, stores, repair=cache)
+        except RestoreError as e:
+            print(f"bigdeep restore: {args.ref}: {dataset} data: {e}", file=sys.stderr)
+            return EXIT_FAILED
+        if restored.fallbacks:  # a damaged cache: say what came from where
+            print(f"{dataset}: {len(restored.fallbacks)} corrupt object(s), intact copies used:")
+            for line in restored.fallbacks[:5]:
+                print(f"  {line}")
+            if len(restored.fallbacks) > 5:
+                print(f"  ... and {len(restored.fallbacks) - 5} more")
+            if restored.repaired:
+                print(f"  repaired {restored.repaired} object(s) in the cache {cache}")
         print(f"restored {dataset} {md5} -> {dest}")
     return 0
 

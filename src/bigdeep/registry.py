@@ -19,7 +19,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -293,7 +293,7 @@ def lineage(client, ref: str) -> dict:
         "aliases": list(mv.aliases),
         "run_id": run.info.run_id,
         "git_commit": tags.get("bigdeep.git.commit"),
-        "git_dirty": tags.get("bigdeep.git.dirty"),
+        "git_dirty": {"true": True, "false": False}.get(tags.get("bigdeep.git.dirty", "")),
         "params_hash": tags.get("bigdeep.params_hash"),
         "data": {
             k.removeprefix("bigdeep.data."): v
@@ -334,35 +334,81 @@ def dvc_dir_md5(folder: Path) -> str:
     return hashlib.md5(json.dumps(entries, sort_keys=True).encode()).hexdigest() + ".dir"
 
 
-def restore_dir(md5: str, dest: Path, stores: list[Path]) -> Path:
-    """Rebuild the directory whose DVC md5 is `md5` at `dest` from the first store holding it.
+class RestoreError(RuntimeError):
+    """No intact copy of a data version's object in the cache or any local remote."""
 
-    `stores` are DVC caches or local remotes (same layout). The result is verified against
-    `md5` before it replaces `dest`, so a partial or wrong restore never lands.
+
+@dataclass
+class Restored:
+    dest: Path
+    # one line per object that was corrupt in a store and read from a later one instead
+    fallbacks: list[str] = field(default_factory=list)
+    repaired: int = 0  # corrupt objects of `repair` rewritten from the intact copy
+
+
+def _intact_object(stores: list[Path], md5: str, what: str) -> tuple[Path, list[Path]]:
+    """The first store's object whose bytes hash to `md5`, and the stores holding a corrupt one.
+
+    DVC names every object (files and `.dir` manifests alike) by the md5 of its bytes.
     """
+    corrupt = []
     for store in stores:
-        manifest = _object_path(store, md5)  # the .dir object lists (relpath, md5) entries
-        if manifest.exists():
-            break
-    else:
+        obj = _object_path(store, md5)
+        if not obj.exists():
+            continue
+        if hashlib.md5(obj.read_bytes()).hexdigest() == md5.removesuffix(".dir"):
+            return obj, corrupt
+        corrupt.append(store)
+    if not corrupt:
         raise FileNotFoundError(
-            f"data version {md5} is in none of {', '.join(map(str, stores))}: run `dvc pull` or push it first"
+            f"{what} is in none of {', '.join(map(str, stores))}: run `dvc pull` or push it first"
         )
+    raise RestoreError(
+        f"{what} is corrupt in {', '.join(map(str, corrupt))} and in no other store "
+        f"({', '.join(map(str, stores))}): no intact copy left here; push it from a machine "
+        "that has it (`dvc push`) and run `bigdeep restore` again"
+    )
+
+
+def restore_dir(md5: str, dest: Path, stores: list[Path], repair: Path | None = None) -> Restored:
+    """Rebuild the directory whose DVC md5 is `md5` at `dest` from the stores, in order.
+
+    `stores` are DVC caches or local remotes (same layout). Every object is checked against
+    its md5 as it is read: a corrupt one is taken from the next store holding an intact copy
+    (e.g. the remote, when the cache is damaged) and, when it lay in the store `repair`
+    (the workspace cache), rewritten there. The result is verified against `md5` before it
+    replaces `dest`, so a partial or wrong restore never lands.
+    """
+    restored = Restored(dest)
+
+    def fetch(obj_md5: str, what: str) -> Path:
+        obj, corrupt = _intact_object(stores, obj_md5, what)
+        for bad in corrupt:
+            restored.fallbacks.append(f"{what} is corrupt in {bad}: read it from {obj.parents[3]}")
+            if repair is not None and bad == repair:
+                fixed = _object_path(bad, obj_md5)
+                tmp = fixed.with_name(fixed.name + ".repair.tmp")
+                shutil.copyfile(obj, tmp)
+                tmp.replace(fixed)  # atomic: the cache never holds a half-written object
+                restored.repaired += 1
+        return obj
+
+    manifest = fetch(md5, f"data version {md5}")  # the .dir object lists (relpath, md5)
     tmp = dest.with_name(dest.name + ".restore.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    for entry in json.loads(manifest.read_text()):
-        obj = next((p for s in stores if (p := _object_path(s, entry["md5"])).exists()), None)
-        if obj is None:
-            raise FileNotFoundError(
-                f"{entry['relpath']} ({entry['md5']}) of {md5} is missing from the cache"
-            )
-        target = tmp / entry["relpath"]
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(obj, target)
+    try:
+        for entry in json.loads(manifest.read_text()):
+            obj = fetch(entry["md5"], f"{entry['relpath']} ({entry['md5']}) of {md5}")
+            target = tmp / entry["relpath"]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(obj, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     got = dvc_dir_md5(tmp)
     if got != md5:
         shutil.rmtree(tmp)
-        raise RuntimeError(f"restored data hashes to {got}, expected {md5}: cache is corrupt")
+        raise RestoreError(f"restored data hashes to {got}, expected {md5}: nothing was replaced")
     shutil.rmtree(dest, ignore_errors=True)
     tmp.rename(dest)
-    return dest
+    return restored

@@ -167,7 +167,18 @@ def log_data_input(version: DataVersion, name: str, context: str) -> None:
     mlflow.log_input(dataset, context=context, tags={"dvc_md5": version.raw_md5})
 
 
+# What a run's code is: these paths as committed. Pipeline outputs (dvc.lock, data/, metrics/,
+# reports/, models/) are rewritten by every run, so changes there do not make a run dirty.
+SOURCE_PATHS = ("src", "flows", "scripts", "params.yaml", "dvc.yaml", "pyproject.toml", "Makefile")
+
+
 def git_state(cwd: Path = Path(".")) -> dict[str, str]:
+    """The commit and whether the source (SOURCE_PATHS, untracked files too) differs from it.
+
+    MLflow tags are strings: `bigdeep.git.dirty` is "true" or "false", read back as a bool
+    by `registry.lineage`.
+    """
+
     def git(*args: str) -> str | None:
         try:
             return subprocess.run(
@@ -179,5 +190,6 @@ def git_state(cwd: Path = Path(".")) -> dict[str, str]:
     commit = git("rev-parse", "HEAD")
     if commit is None:
         return {"bigdeep.git.commit": "none"}
-    dirty = git("status", "--porcelain", "--untracked-files=no")
-    return {"bigdeep.git.commit": commit, "bigdeep.git.dirty": str(bool(dirty)).lower()}
+    changed = git("status", "--porcelain", "--untracked-files=all", "--", *SOURCE_PATHS)
+    dirty = changed is None or bool(changed)  # unknown counts as dirty, never as clean
+    return {"bigdeep.git.commit": commit, "bigdeep.git.dirty": "true" if dirty else "false"}

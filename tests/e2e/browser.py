@@ -50,3 +50,43 @@ def check_mlflow_ui(
         finally:
             browser.close()
     return seen
+
+
+def open_offline(path, wait_for: str, screenshot) -> tuple[object, list[str]]:
+    """Open a local page with every non-file request blocked; (what `inspect` saw, blocked URLs).
+
+    `wait_for` is a CSS selector that must appear; the page's content is read in the browser.
+    """
+    from playwright.sync_api import sync_playwright
+
+    blocked: list[str] = []
+
+    def block(route) -> None:
+        if route.request.url.startswith(("file:", "data:", "blob:", "about:")):
+            route.continue_()
+        else:
+            blocked.append(route.request.url)
+            route.abort("internetdisconnected")
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 900})
+            page.route("**/*", block)
+            page.goto(path.resolve().as_uri())
+            page.wait_for_selector(wait_for, timeout=60_000)
+            seen = page.evaluate(
+                """() => ({
+                    text: document.body.innerText,
+                    lines: new Set([...document.querySelectorAll("g.mark-line path")]
+                        .map(l => l.getAttribute("d"))).size,  // a hover layer repeats them
+                    titles: [...document.querySelectorAll("g.role-title-text text")]
+                        .map(t => t.textContent),
+                    marks: [...document.querySelectorAll(".bigdeep-mark")]
+                        .filter(m => m.getBoundingClientRect().width > 0).map(m => m.textContent),
+                })"""
+            )
+            page.screenshot(path=str(screenshot), full_page=True)
+        finally:
+            browser.close()
+    return seen, blocked

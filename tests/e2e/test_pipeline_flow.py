@@ -38,6 +38,8 @@ def test_flow_trains_logs_skips_and_restores(project_factory, mlflow_uri):
     runs = {r.info.run_name: r for r in client.search_runs([exp.experiment_id])}
     assert set(runs) == {"train_cnn", "train_rnn"}
     cnn, rnn = runs["train_cnn"], runs["train_rnn"]
+    # a fresh clone's run is clean: the pipeline's own outputs do not count as source changes
+    assert cnn.data.tags["bigdeep.git.dirty"] == rnn.data.tags["bigdeep.git.dirty"] == "false"
     assert 0.0 <= cnn.data.metrics["test_acc"] <= 1.0
     for key in ("test_mae", "test_naive_mae", "test_seasonal_naive_mae"):
         assert rnn.data.metrics[key] > 0
@@ -91,6 +93,8 @@ def test_flow_trains_logs_skips_and_restores(project_factory, mlflow_uri):
     shown = json.loads(run([*cli, "lineage", "bigdeep-cnn@champion"], project, stderr=False))
     assert shown["data"]["images.md5"] in {first_md5, lock_md5(project, "data/raw/images")}
     assert shown["git_commit"] == run(["git", "rev-parse", "HEAD"], project).strip()
+    # the second CNN ran after params.yaml was edited (uncommitted): that run is dirty
+    assert shown["git_dirty"] is (shown["run_id"] != cnn.info.run_id)
 
 
 def _png(pixels: np.ndarray) -> bytes:

@@ -77,6 +77,11 @@ def test_data_docs_are_one_offline_page_naming_the_failures(tmp_path: Path):
     assert "series: row 5 (2024-01-01T04:00Z) Demand is NaN" in page
     assert "bigdeep quality gate: series FAILED" in page
     assert "values must never be null" in page  # GX's own rendering of the expectation
+    # pass/fail marks are text, not an icon font: one per expectation, plus the page status
+    results = result.validation.results
+    assert page.count("\u2714 pass") == sum(r.success for r in results) == len(results) - 1
+    assert page.count("\u2718 fail") == 1 + 1
+    assert "fa-times text-danger bigdeep-mark" in page
     write_docs(result, tmp_path / "docs")
     assert path.read_text() == page  # the same result gives the same bytes
 

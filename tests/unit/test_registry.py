@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import shutil
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +15,7 @@ from bigdeep.registry import (
     CHALLENGER,
     CHAMPION,
     Floor,
+    RestoreError,
     decide,
     dvc_dir_md5,
     is_better,
@@ -203,3 +207,59 @@ def test_dvc_dir_md5_matches_dvc_and_restore_rebuilds_it(tmp_path):
     assert dvc_dir_md5(repo / "data" / "d") == dvc_md5
     with pytest.raises(FileNotFoundError, match="0123.dir is in none of"):
         restore_dir("0123.dir", repo / "data" / "d", [repo / ".dvc" / "cache"])
+
+
+def _dvc_repo_with_remote(repo):
+    """A real DVC repo whose data/d (two files) is cached and pushed to a local remote."""
+    (repo / "data" / "d").mkdir(parents=True)
+    (repo / "data" / "d" / "a.bin").write_bytes(b"alpha")
+    (repo / "data" / "d" / "b.bin").write_bytes(b"beta")
+    dvc = [sys.executable, "-m", "dvc"]
+    run([*dvc, "init", "--no-scm", "-q"], repo)
+    run([*dvc, "add", "-q", "data/d"], repo)
+    run([*dvc, "remote", "add", "-d", "r", str(repo.parent / "remote")], repo)
+    run([*dvc, "push", "-q"], repo)
+    md5 = next(
+        line.split()[-1]
+        for line in (repo / "data" / "d.dvc").read_text().splitlines()
+        if "md5:" in line
+    )
+    return md5, repo / ".dvc" / "cache", repo.parent / "remote"
+
+
+def _corrupt(store, content: bytes) -> Path:
+    obj = store / "files" / "md5" / hashlib.md5(content).hexdigest()[:2]
+    obj = obj / hashlib.md5(content).hexdigest()[2:]
+    obj.chmod(0o644)  # DVC keeps cache objects read-only
+    obj.write_bytes(b"bit rot")
+    return obj
+
+
+@pytest.mark.slow  # four DVC subprocesses
+def test_restore_falls_back_to_the_remote_and_repairs_a_corrupt_cache_object(tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    md5, cache, remote = _dvc_repo_with_remote(repo)
+    bad = _corrupt(cache, b"alpha")
+    shutil.rmtree(repo / "data" / "d")
+
+    restored = restore_dir(md5, repo / "data" / "d", [cache, remote], repair=cache)
+    assert (repo / "data" / "d" / "a.bin").read_bytes() == b"alpha"
+    assert dvc_dir_md5(repo / "data" / "d") == md5
+    assert restored.repaired == 1 and len(restored.fallbacks) == 1
+    assert restored.fallbacks[0].startswith("a.bin (")
+    assert f"corrupt in {cache}: read it from {remote}" in restored.fallbacks[0]
+    assert bad.read_bytes() == b"alpha"  # the cache holds the intact copy again
+
+
+@pytest.mark.slow  # four DVC subprocesses
+def test_restore_without_any_intact_copy_says_so_and_leaves_the_data(tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    md5, cache, remote = _dvc_repo_with_remote(repo)
+    _corrupt(cache, b"beta")
+    _corrupt(remote, b"beta")
+    with pytest.raises(RestoreError, match=r"b.bin \(.*\) of .* is corrupt in .*no intact copy"):
+        restore_dir(md5, repo / "data" / "d", [cache, remote], repair=cache)
+    assert (repo / "data" / "d" / "b.bin").read_bytes() == b"beta"  # untouched
+    assert not (repo / "data" / "d.restore.tmp").exists()

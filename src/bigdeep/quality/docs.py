@@ -3,8 +3,9 @@
     write_docs(result, "reports/quality/docs")   # reports/quality/docs/images.html
 
 GX renders the page (the same renderer as its Data Docs sites); its stylesheets and scripts
-come from CDNs, so they are replaced by a small inline stylesheet: the page is complete
-without a network, and the same result always gives the same bytes.
+come from CDNs, so they are replaced by a small inline stylesheet, and the pass/fail icons
+(Font Awesome, also from a CDN) by text marks: the page is complete without a network, and the
+same result always gives the same bytes.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ table { border-collapse: collapse; margin: .5rem 0; width: 100%; }
 th, td { border: 1px solid #dee2e6; padding: .3rem .5rem; vertical-align: top; text-align: left; }
 .card { border: 1px solid #dee2e6; border-radius: .3rem; margin: 1rem 0; padding: .5rem 1rem; }
 .text-danger, .fa-times { color: #dc3545; } .text-success, .fa-check-circle { color: #28a745; }
+.text-warning, .fa-exclamation-triangle { color: #b8860b; }
+.bigdeep-mark { font-style: normal; font-weight: 600; white-space: nowrap; }
 .d-none, .modal, .ge-walkthrough-modal, nav, .sticky, #section-1-content-block-2, .btn, button,
 .cooltip .top, .hide-succeeded-validations-column-section-target-child:empty { display: none; }
 code, pre { background: #f6f8fa; padding: 0 .2rem; white-space: pre-wrap; }
@@ -38,6 +41,24 @@ _EXTERNAL = [
 ]
 
 
+# GX draws pass / fail / warning as empty <i> elements styled by the Font Awesome icon font.
+MARKS = {
+    "check-circle": "\u2714 pass",
+    "times": "\u2718 fail",
+    "exclamation-triangle": "\u26a0 warn",
+}
+_ICON = re.compile(
+    r'<i class="([^"]*\bfa-(check-circle|times|exclamation-triangle)\b[^"]*)"([^>]*)></i>'
+)
+
+
+def _text_marks(page: str) -> str:
+    """Font Awesome's empty icon elements -> the same elements holding a text mark."""
+    return _ICON.sub(
+        lambda m: f'<i class="{m.group(1)} bigdeep-mark"{m.group(3)}>{MARKS[m.group(2)]}</i>', page
+    )
+
+
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
@@ -50,7 +71,7 @@ def render_docs(result: Any) -> str:
     page = DefaultJinjaPageView().render(document)
     for pattern in _EXTERNAL:
         page = pattern.sub("", page)
-    page = _stable_ids(page)
+    page = _stable_ids(_text_marks(page))
     report = result.report
     word = "PASSED" if report["passed"] else "FAILED"
     lines = "".join(f"<li>{html.escape(f)}</li>" for f in report["failures"][:50])
