@@ -156,7 +156,7 @@ def up(
     )
 
     servers: dict[str, Server] = {}
-    started: list[Server] = []
+    started: list[tuple[Server, float]] = []
     for name, (cmd, env_, port, backend) in wanted.items():
         info = running.get(name)
         same = info is not None and info["backend"] == _redact(backend)
@@ -173,11 +173,11 @@ def up(
         url = f"http://{HOST}:{port}" + ("/api" if name == "prefect" else "")
         pid = _spawn([*cmd, str(port)], log, env_)
         servers[name] = Server(name, pid, port, url, health, str(log), _redact(backend))
-        started.append(servers[name])
+        started.append((servers[name], time.monotonic()))
     _write_state(state_dir, servers)
 
-    for server in started:  # each has its own limit, counted from its own start
-        deadline = time.monotonic() + timeout
+    for server, since in started:  # each has its own limit, counted from its own start
+        deadline = since + timeout
         while not healthy(server.health):
             if not _alive(server.pid):
                 _forget(state_dir, server)
