@@ -215,6 +215,7 @@ def cmd_servers(args: argparse.Namespace) -> int:
         for name, info in st.items():
             print(
                 f"{name:<8} {info['url']}  pid {info['pid']}  {'up' if info['healthy'] else 'DOWN'}"
+                f"  backend {info['backend']}"
             )
         return 0 if all(i["healthy"] for i in st.values()) else 1
     return 0
