@@ -109,6 +109,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from bigdeep.train import Paths, train_cnn, train_rnn
 
     fit = {"cnn": train_cnn, "rnn": train_rnn}[args.model]
+    _print_store(_settings(args))
     paths = Paths(
         data=Path(args.data),
         out=Path(args.out),
@@ -146,6 +147,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"bigdeep run: {line}", file=sys.stderr)
         log = _run_log(project)
         _use_servers(Path(args.project) / ".bigdeep" / "servers")
+        _print_store(_settings(args), Path(args.project) / ".bigdeep" / "servers")
         # flows/ sits beside src/ in the checkout bigdeep is installed from (editable install).
         sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
         from flows.pipeline import pipeline
@@ -227,19 +229,43 @@ def _use_servers(state_dir: Path) -> None:
         os.environ.setdefault(key, value)
 
 
+def _print_store(settings, servers_state: Path = Path(".bigdeep/servers"), **kw) -> None:
+    """First line of every command that reads MLflow: which store, and why that one."""
+    from bigdeep.tracking import describe_store
+
+    print(describe_store(settings.mlflow, servers_state), flush=True, **kw)
+
+
+def _project_store(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    """(backend store URI, artifacts) for `servers up`: the project's own unless told otherwise."""
+    from bigdeep.tracking import absolute_store
+
+    if args.backend_store_uri or args.postgres or os.environ.get("BIGDEEP_POSTGRES_URL"):
+        return args.backend_store_uri, args.artifacts
+    cfg = _settings(args).mlflow  # params.yaml, not MLFLOW_TRACKING_URI (that may be the server)
+    if cfg.tracking_uri.startswith(("http://", "https://")):
+        return None, args.artifacts  # a remote store: the local server keeps its own
+    return absolute_store(cfg.tracking_uri), args.artifacts or cfg.artifact_root
+
+
 def cmd_servers(args: argparse.Namespace) -> int:
     from bigdeep import servers
 
     state = Path(args.state)
     if args.action == "up":
+        backend, artifacts = _project_store(args)
         started = servers.up(
             state,
             postgres=args.postgres or os.environ.get("BIGDEEP_POSTGRES_URL"),
             prefect_port=args.prefect_port,
             mlflow_port=args.mlflow_port,
+            timeout=args.timeout,
+            backend_store_uri=backend,
+            artifacts=artifacts,
         )
         for s in started.values():
-            print(f"{s.name:<8} {s.url}  pid {s.pid}  backend {s.backend}  log {s.log}")
+            was = "already up" if s.reused else "started"
+            print(f"{s.name:<8} {s.url}  pid {s.pid}  {was}  backend {s.backend}  log {s.log}")
         print(
             f"export MLFLOW_TRACKING_URI={started['mlflow'].url} PREFECT_API_URL={started['prefect'].url}"
         )
@@ -253,6 +279,7 @@ def cmd_servers(args: argparse.Namespace) -> int:
         for name, info in st.items():
             print(
                 f"{name:<8} {info['url']}  pid {info['pid']}  {'up' if info['healthy'] else 'DOWN'}"
+                f"  backend {info['backend']}"
             )
         return 0 if all(i["healthy"] for i in st.values()) else 1
     return 0
@@ -267,6 +294,7 @@ def cmd_lineage(args: argparse.Namespace) -> int:
     from bigdeep.tracking import tracking_uri
 
     _use_servers(Path(".bigdeep/servers"))
+    _print_store(_settings(args), file=sys.stderr)  # stdout stays JSON
     client = MlflowClient(tracking_uri(_settings(args).mlflow))
     print(json.dumps(lineage(client, args.ref), indent=2, sort_keys=True))
     return 0
@@ -279,6 +307,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     from bigdeep.tracking import tracking_uri
 
     _use_servers(Path(".bigdeep/servers"))
+    _print_store(_settings(args))
     info = lineage(MlflowClient(tracking_uri(_settings(args).mlflow)), args.ref)
     from dvc.repo import Repo
 
@@ -336,7 +365,9 @@ def cmd_ui(args: argparse.Namespace) -> int:
     from bigdeep.config import load_settings
     from bigdeep.tracking import tracking_uri
 
-    uri = tracking_uri(load_settings(args.params).mlflow)
+    settings = load_settings(args.params)
+    uri = tracking_uri(settings.mlflow)
+    _print_store(settings)
     print(f"MLflow UI for {uri} at http://{args.host}:{args.port}  (Ctrl-C stops it)", flush=True)
     os.execvp(
         sys.executable,
@@ -445,6 +476,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--prefect-port", type=int, default=4200)
     s.add_argument("--mlflow-port", type=int, default=5000)
+    s.add_argument(
+        "--timeout",
+        type=float,
+        default=120.0,
+        help="seconds each server may take to answer after it starts (default 120)",
+    )
+    s.add_argument(
+        "--backend-store-uri",
+        help="MLflow store to serve (default: the project's, params.yaml mlflow.tracking_uri)",
+    )
+    s.add_argument(
+        "--artifacts",
+        help="MLflow artifact folder or URL (default: params.yaml mlflow.artifact_root)",
+    )
     s.set_defaults(func=cmd_servers)
 
     s = sub.add_parser("schedule", help="serve the flow as a cron deployment on the Prefect server")

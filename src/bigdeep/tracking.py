@@ -21,9 +21,49 @@ class TrackingError(BigdeepError, RuntimeError):
     """The MLflow store cannot be reached or used."""
 
 
+# MLflow's own defaults (7 retries with exponential backoff, 120 s per request) keep a process
+# silent for ~8 minutes when a tracking server dies. These notice a dead server in ~30 s at most
+# (3 attempts x 8 s, 2 s of backoff); a user's own setting wins.
+HTTP_BOUNDS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "8",
+}
+
+
+def bound_http_requests() -> None:
+    for key, value in HTTP_BOUNDS.items():
+        os.environ.setdefault(key, value)
+
+
 def tracking_uri(cfg: MlflowSettings) -> str:
     """MLFLOW_TRACKING_URI wins over params.yaml (so tests and servers can redirect runs)."""
+    bound_http_requests()
     return os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking_uri
+
+
+def absolute_store(uri: str, base: Path | None = None) -> str:
+    """`sqlite:///mlflow.db` (relative to the project) as an absolute URI: one file from any folder."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri[len(prefix) :].startswith("/"):
+        return prefix + str((Path(base or ".") / uri[len(prefix) :]).resolve())
+    return uri
+
+
+def describe_store(cfg: MlflowSettings, servers_state: Path = Path(".bigdeep/servers")) -> str:
+    """One line naming the MLflow store a command uses and why that one."""
+    import json
+
+    uri = tracking_uri(cfg)
+    if not os.environ.get("MLFLOW_TRACKING_URI"):
+        return f"MLflow store: {absolute_store(uri)} (params.yaml mlflow.tracking_uri)"
+    try:
+        server = json.loads((servers_state / "servers.json").read_text()).get("mlflow") or {}
+    except (OSError, ValueError):
+        server = {}
+    if server.get("url", "").rstrip("/") == uri.rstrip("/"):
+        return f"MLflow store: {uri} (bigdeep servers, serving {server['backend']})"
+    return f"MLflow store: {absolute_store(uri)} (MLFLOW_TRACKING_URI)"
 
 
 def check_reachable(cfg: MlflowSettings, timeout: float = 5.0) -> str:
@@ -91,11 +131,38 @@ def start_run(
     if os.environ.get("DVC_EXP_NAME"):
         extra["bigdeep.dvc_experiment"] = os.environ["DVC_EXP_NAME"]
     if run_id is not None:
-        with mlflow.start_run(run_id=run_id) as run:
-            yield run, client
-        return
-    with mlflow.start_run(experiment_id=exp_id, run_name=run_name, tags={**tags, **extra}) as run:
+        run = mlflow.start_run(run_id=run_id)
+    else:
+        run = mlflow.start_run(experiment_id=exp_id, run_name=run_name, tags={**tags, **extra})
+    try:
         yield run, client
+    except BaseException as e:
+        # closing the run must not replace the real error (a dead server would raise here)
+        with contextlib.suppress(Exception):
+            mlflow.end_run("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+        if _store_failure(e):
+            raise TrackingError(
+                f"MLflow tracking store {tracking_uri(cfg)} failed during run "
+                f"{run.info.run_id} ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); "
+                "the checkpoints keep the training. Fix: once the store answers (`bigdeep "
+                "servers up`), run the same command again: it resumes and publishes."
+            ) from None
+        raise
+    try:
+        mlflow.end_run()
+    except Exception as e:  # noqa: BLE001 - the store stopped answering at the very end
+        raise TrackingError(
+            f"MLflow run {run.info.run_id}: the work is done but {tracking_uri(cfg)} did not "
+            f"record its end ({type(e).__name__}); run the same command again once it answers"
+        ) from None
+
+
+def _store_failure(e: BaseException) -> bool:
+    """An error of the tracking store (MLflow's, or the HTTP connection to its server)."""
+    from mlflow.exceptions import MlflowException
+    from requests.exceptions import RequestException
+
+    return isinstance(e, (MlflowException, RequestException))
 
 
 # --- lineage ---------------------------------------------------------------------------------

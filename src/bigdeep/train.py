@@ -47,11 +47,13 @@ from bigdeep.registry import (
 )
 from bigdeep.tracking import (
     DataVersion,
+    TrackingError,
     check_reachable,
     data_version,
     git_state,
     log_data_input,
     start_run,
+    tracking_uri,
 )
 
 # Installed into the model's environment by whoever serves it; pinned like ours.
@@ -99,22 +101,42 @@ class EpochHistory(Logger):
     Lightning hands a logger the epoch-level values after it has reduced them (a callback's
     on_train_epoch_end runs before the train metrics are reduced, so it would see the
     previous epoch's). Values arrive in two calls per epoch (validation, then train): they
-    are sent as soon as the epoch has all of them, when the epoch changes, before every
-    checkpoint (so a killed run has logged what its checkpoint holds), and at the end.
+    are sent as soon as the epoch has all of them, when the epoch changes, after every
+    checkpoint, and at the end.
+
+    A tracking server that stops answering does not stop training: the values wait in
+    `spool` (a JSON file beside the checkpoints, written before anything is sent) and go out
+    when the server answers again, in this process or in the run that resumes it.
     """
 
     def __init__(
-        self, mlflow_client, run_id: str, keys: tuple[str, ...], rows: list | None = None
+        self,
+        mlflow_client,
+        run_id: str,
+        keys: tuple[str, ...],
+        rows: list | None = None,
+        spool: Path | None = None,
+        uri: str = "",
     ) -> None:
         super().__init__()
         self.client, self.run_id, self.keys = mlflow_client, run_id, keys
+        self.spool, self.uri = spool, uri
         self._rows: dict[int, dict[str, float]] = {int(r["epoch"]): dict(r) for r in rows or []}
         self._pending: dict[str, float] = {}
         self._epoch: int | None = None
+        self._unsent: dict[int, dict[str, float]] = self._read_spool()
+        for epoch, values in self._unsent.items():
+            self._rows.setdefault(epoch, {"epoch": epoch}).update(values)
+        self._down_since: tuple[float, int] | None = None  # (monotonic time, epoch)
 
     @property
     def rows(self) -> list[dict[str, float]]:
         return [self._rows[e] for e in sorted(self._rows)]
+
+    @property
+    def unsent(self) -> list[int]:
+        """Epochs whose values the server has not received yet."""
+        return sorted(self._unsent)
 
     @property
     def name(self) -> str:
@@ -140,26 +162,127 @@ class EpochHistory(Logger):
         self.flush()
 
     def flush(self) -> None:
+        self.keep()
+        self.send()
+
+    def keep(self) -> None:
+        """Move the values received so far into the history and the spool file (no network)."""
         if self._epoch is None or not self._pending:
             return
         self._rows.setdefault(self._epoch, {"epoch": self._epoch}).update(self._pending)
-        log_metrics(self.client, self.run_id, self._pending, step=self._epoch)
+        self._unsent.setdefault(self._epoch, {}).update(self._pending)
         self._pending = {}
+        self._write_spool()
+
+    def send(self) -> bool:
+        """Send every kept epoch; False (values kept for later) when the server does not answer."""
+        if not self._unsent:
+            return True
+        if self._down_since is not None and not self._answers():
+            return False  # a cheap probe instead of a request that would sit in retries
+        try:
+            for epoch in sorted(self._unsent):
+                log_metrics(self.client, self.run_id, self._unsent[epoch], step=epoch)
+                del self._unsent[epoch]
+        except Exception as e:  # noqa: BLE001 - any failure to record: keep the values
+            self._write_spool()
+            if self._down_since is None:
+                self._down_since = (time.monotonic(), min(self._unsent))
+                print(
+                    f"bigdeep: MLflow tracking server {self.uri} is not answering "
+                    f"({_short(e)}); training goes on, epoch metrics wait in {self.spool} "
+                    "and are sent when it is back",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            return False
+        self._write_spool()
+        if self._down_since is not None:
+            since = time.monotonic() - self._down_since[0]
+            print(
+                f"bigdeep: MLflow tracking server {self.uri} is back after {since:.0f} s; "
+                "the waiting epoch metrics are sent",
+                file=sys.stderr,
+                flush=True,
+            )
+            self._down_since = None
+        return True
+
+    def drain(self, wait: float, checkpoint: Path) -> None:
+        """After fit: send what waits, giving the server `wait` seconds to come back."""
+        self.flush()
+        if not self._unsent:
+            return
+        print(
+            f"bigdeep: training is done; waiting up to {wait:.0f} s for MLflow tracking server "
+            f"{self.uri} to record it (BIGDEEP_MLFLOW_OUTAGE_WAIT sets how long)",
+            file=sys.stderr,
+            flush=True,
+        )
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
+            if self.send():
+                return
+        raise TrackingError(
+            f"MLflow tracking server {self.uri} is not answering (since epoch "
+            f"{self.unsent[0]}); training is done and saved in {checkpoint}, the epoch metrics "
+            f"in {self.spool}. Fix: start the server again (`bigdeep servers up`), then run the "
+            "same command: it resumes from the checkpoint, sends the metrics and publishes."
+        )
+
+    def _answers(self) -> bool:
+        if not self.uri.startswith(("http://", "https://")):
+            return True  # a database store: just try
+        from bigdeep.servers import healthy
+
+        return healthy(self.uri.rstrip("/") + "/health", timeout=2.0)
+
+    def _read_spool(self) -> dict[int, dict[str, float]]:
+        if self.spool is None or not self.spool.exists():
+            return {}
+        saved = json.loads(self.spool.read_text())
+        if saved.get("run_id") != self.run_id:
+            return {}  # another run's: never sent into this one
+        return {int(e): v for e, v in saved["epochs"].items()}
+
+    def _write_spool(self) -> None:
+        if self.spool is None:
+            return
+        if not self._unsent:
+            self.spool.unlink(missing_ok=True)
+            return
+        self.spool.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.spool.with_suffix(".tmp")
+        body = {"run_id": self.run_id, "epochs": {str(e): v for e, v in self._unsent.items()}}
+        tmp.write_text(json.dumps(body, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, self.spool)
+
+
+def _short(e: BaseException) -> str:
+    text = str(e).splitlines()[0] if str(e) else ""
+    return f"{type(e).__name__}: {text[:200]}" if text else type(e).__name__
 
 
 class AtomicCheckpoint(ModelCheckpoint):
-    """Write to a temporary file, then rename: a crash never leaves a torn checkpoint."""
+    """Write to a temporary file, then rename: a crash never leaves a torn checkpoint.
+
+    The checkpoint lands before anything talks to a server: the epoch's values go to the
+    history's spool file first, then the checkpoint, then the tracking server.
+    """
 
     def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
-        for logger in trainer.loggers:  # what the checkpoint holds is logged before it lands
-            if isinstance(logger, EpochHistory):
-                logger.flush()
+        histories = [lg for lg in trainer.loggers if isinstance(lg, EpochHistory)]
+        for history in histories:
+            history.keep()
         tmp = f"{filepath}.tmp"
         trainer.save_checkpoint(tmp, self.save_weights_only)
         if trainer.is_global_zero:
             os.replace(tmp, filepath)
         self._last_global_step_saved = trainer.global_step
         self._last_checkpoint_saved = filepath
+        for history in histories:
+            history.send()
 
 
 def configure_torch(cfg: Trainer, seed: int) -> None:
@@ -298,8 +421,8 @@ def fit_and_log(
         )
     if previous is None or resume is False:
         previous = None
-        for stale in paths.checkpoints.glob("*.ckpt"):
-            stale.unlink()  # another run's: never continue from it
+        for stale in [*paths.checkpoints.glob("*.ckpt"), paths.checkpoints / SPOOL]:
+            stale.unlink(missing_ok=True)  # another run's: never continue from it
     tags = run_tags(settings, job.name, version, job.dataset)
     run_id = previous["run_id"] if previous else None
     with start_run(settings.mlflow, run_name=f"train_{job.name}", tags=tags, run_id=run_id) as (
@@ -318,12 +441,15 @@ def fit_and_log(
             run.info.run_id,
             job.history_keys,
             rows=_history_so_far(client, run.info.run_id, job.history_keys),
+            spool=paths.checkpoints / SPOOL,
+            uri=tracking_uri(settings.mlflow),
         )
         trainer = make_trainer(
             settings.train.trainer, job.epochs, job.patience, history, paths.checkpoints
         )
         ckpt = str(paths.checkpoints / "last.ckpt") if previous else None
         trainer.fit(job.model, datamodule=job.datamodule, ckpt_path=ckpt, weights_only=True)
+        history.drain(outage_wait(), paths.checkpoints / "last.ckpt")
         if previous:
             mlflow.set_tag("bigdeep.resumed_from", ckpt)
 
@@ -368,6 +494,14 @@ def fit_and_log(
             {"run_id": run.info.run_id, "fingerprint": fingerprint, "complete": True},
         )
         return TrainResult(job.name, run.info.run_id, metrics, version.raw_md5, decision)
+
+
+def outage_wait() -> float:
+    """Seconds a finished training waits for a tracking server that stopped answering."""
+    return float(os.environ.get("BIGDEEP_MLFLOW_OUTAGE_WAIT", "300"))
+
+
+SPOOL = "unsent_metrics.json"  # epoch metrics the tracking server has not received yet
 
 
 def launched_as_rank_zero() -> bool:

@@ -194,3 +194,55 @@ def test_scheduled_deployment_registers_champion_with_lineage(servers, tmp_path)
     finally:
         os.killpg(worker.pid, 15)
         worker.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_up_restarts_only_what_is_down_on_the_project_store_and_down_leaves_no_process(
+    tmp_path, monkeypatch
+):
+    """MLflow killed (its whole group): `servers up` from the CLI starts it again on the
+    project's own store (params.yaml's sqlite:///mlflow.db) and leaves the healthy Prefect
+    alone; `servers down` leaves no process of either group."""
+    import signal
+
+    from bigdeep import servers as srv
+    from bigdeep.config import MlflowSettings
+    from bigdeep.tracking import describe_store
+
+    (tmp_path / "params.yaml").write_text("seed: 0\n")  # the default mlflow section
+    state = tmp_path / "servers"
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    first = srv.up(state, backend_store_uri=store, artifacts=str(tmp_path / "mlartifacts"))
+    groups = {name: s.pid for name, s in first.items()}
+    try:
+        assert first["mlflow"].backend == store and not first["mlflow"].reused
+        os.killpg(groups["mlflow"], signal.SIGKILL)
+        while srv.group_members(groups["mlflow"]):
+            srv._alive(groups["mlflow"])  # reap our child
+            time.sleep(0.1)
+        assert srv.status(state)["mlflow"]["healthy"] is False
+
+        ports = [f"--{n}-port={s.port}" for n, s in first.items()]
+        up = [sys.executable, "-m", "bigdeep.cli", "servers", "up", "--state", str(state)]
+        shown = subprocess.run(
+            [*up, *ports, "--timeout", "300"], cwd=tmp_path, capture_output=True, text=True
+        )
+        assert shown.returncode == 0, shown.stderr[-3000:]
+        lines = {line.split()[0]: line for line in shown.stdout.splitlines()}
+        assert f"pid {groups['prefect']}  already up" in lines["prefect"]
+        assert "started" in lines["mlflow"] and f"backend {store}  " in lines["mlflow"]
+        second = srv.status(state)
+        assert second["prefect"]["pid"] == groups["prefect"]
+        assert second["mlflow"]["pid"] != groups["mlflow"] and second["mlflow"]["healthy"]
+        groups["mlflow-restarted"] = second["mlflow"]["pid"]
+
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", second["mlflow"]["url"])
+        assert describe_store(MlflowSettings(), state) == (
+            f"MLflow store: {second['mlflow']['url']} (bigdeep servers, serving {store})"
+        )
+    finally:
+        stopped = srv.down(state)
+    assert sorted(stopped) == ["mlflow", "prefect"]
+    assert {name: srv.group_members(pid) for name, pid in groups.items()} == {
+        name: [] for name in groups
+    }
