@@ -107,6 +107,8 @@ def test_summary_headline_per_model_and_table_of_every_metric(tmp_path):
     rows = [line for line in text.splitlines() if line.startswith("| ")]
     assert rows[0] == "| rnn metric | value |" and len(rows) == 1 + len(metrics)
     assert "| test_naive_mae | 171.1 |" in rows
+
+
 def test_dvc_metrics_lead_with_the_models_then_the_quality_reports(tmp_path):
     import json
     import shutil
