@@ -467,6 +467,7 @@ def build_image_job(settings: Settings, data_dir: Path, seed: int | None = None)
     dm.setup("fit")
     model = ImageClassifier(
         num_classes=dm.num_classes,
+        in_channels=dm.channels,  # and image_size: the prepared data's, 1 x 28 x 28 for MNIST
         conv=list(cfg.conv),
         dense=cfg.dense,
         lr=cfg.lr,

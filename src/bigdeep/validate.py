@@ -52,7 +52,13 @@ def validate(
         raise ValueError(f"--report must be <dir>/{dataset}.json, got {report_path}")
     reference = load_reference(reference_path or REFERENCE_DIR / f"{dataset}.json")
     if dataset == "images":
-        result = gate_images("images", raw_dir, settings.quality.images, reference=reference)
+        result = gate_images(
+            "images",
+            raw_dir,
+            settings.quality.images,
+            reference=reference,
+            conversion=settings.prepare.images,  # photos: only convertible, not yet shaped
+        )
     else:
         # ingest stored the source's time column as `timestamp` (the canonical name)
         names = settings.data.series.model_copy(update={"timestamp": "timestamp"})
