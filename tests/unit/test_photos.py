@@ -272,8 +272,10 @@ def test_a_folder_of_photos_trains_end_to_end(tmp_path, monkeypatch, capsys, mlf
     info = mlflow.models.get_model_info(model_uri)
     (spec,) = info.signature.inputs.inputs
     assert tuple(spec.shape) == (-1, 3, 64, 64)  # the real input shape, batch dynamic
-    example = info.load_input_example()
-    assert np.asarray(example).shape == (2, 3, 64, 64)
+    served = mlflow.pyfunc.load_model(model_uri)
+    example = np.asarray(served.input_example)
+    assert example.shape == (2, 3, 64, 64)
+    assert np.asarray(served.predict(example.astype(np.float32))).shape == (2, 3)
     # the registry scores a colour model on its test split (N, H, W, 3) -> (N, 3, H, W)
     accuracy = image_accuracy_scorer(Path("data/processed/images"))(model_uri)
     assert accuracy == pytest.approx(metrics["test_acc"], abs=1e-6)
