@@ -23,7 +23,7 @@ from PIL import Image
 from bigdeep.cli import main
 from bigdeep.config import ImagePrepare, Settings
 from bigdeep.data.images import to_array
-from bigdeep.data.modules import random_affine
+from bigdeep.data.modules import ImageDataModule, random_affine
 from bigdeep.prepare import prepare_images
 from bigdeep.train import build_image_job
 from tests.unit.images import PHOTO_COLOURS, digit, photo, photo_folder, png
@@ -221,6 +221,19 @@ def test_data_module_and_cnn_take_channels_and_size_from_the_data(colour_data):
         stored = torch.from_numpy(z["x"]).permute(0, 3, 1, 2).float() / 255
     assert torch.equal(dm.tensors["val"][0], stored)
     assert model(x).shape == (8, 3)
+
+
+def test_a_streamed_colour_split_gives_the_same_batches(colour_data):
+    out, _ = colour_data
+    dm = ImageDataModule(out, batch_size=8, memory_mb=0)  # every split streams from disk
+    dm.setup("fit")
+    assert dm.streamed == ["train", "val", "test"] and dm.channels == 3
+    val = torch.cat([x for x, _ in dm.val_dataloader()])  # file order, never augmented
+    with np.load(out / "val.npz") as z:
+        stored = torch.from_numpy(z["x"]).permute(0, 3, 1, 2).float() / 255
+    assert torch.equal(val, stored)
+    x, _ = next(iter(dm.train_dataloader()))
+    assert x.shape == (8, 3, 40, 48)
 
 
 def test_augmentation_moves_every_channel_alike():

@@ -1,8 +1,9 @@
 """Lightning data modules over the prepared data in `data/processed/`.
 
 Images: `<dir>/{train,val,test}.npz` (x uint8 (N, H, W) grey or (N, H, W, C) colour, y int64
-(N,), ids str (N,)) and `<dir>/classes.json`; the model sees float32 (B, C, H, W) in [0, 1]. Series: `<dir>/series.parquet` (timestamp, target, features, split)
-and `<dir>/meta.json` (target, features, scaler, freq).
+(N,), ids str (N,)) and `<dir>/classes.json`; the model sees float32 (B, C, H, W) in [0, 1].
+Series: `<dir>/series.parquet` (timestamp, target, features, split) and `<dir>/meta.json`
+(target, features, scaler, freq).
 
 A split that fits (`memory_mb`, counted as the float32 tensors it becomes) is held in memory
 and batches are cut with one tensor index per batch (`_Batched.__getitems__`), not one
