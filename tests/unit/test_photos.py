@@ -285,6 +285,8 @@ def test_a_folder_of_photos_trains_end_to_end(tmp_path, monkeypatch, capsys, mlf
     info = mlflow.models.get_model_info(model_uri)
     (spec,) = info.signature.inputs.inputs
     assert tuple(spec.shape) == (-1, 3, 64, 64)  # the real input shape, batch dynamic
+    run = mlflow.get_run(json.loads(Path("models/cnn/run.json").read_text())["run_id"])
+    assert run.data.params["data.input_shape"] == "3x64x64"
     served = mlflow.pyfunc.load_model(model_uri)
     example = np.asarray(served.input_example)
     assert example.shape == (2, 3, 64, 64)
