@@ -157,6 +157,8 @@ class ImageQuality(Strict):
     max_drift_linf: float = Field(0.1, ge=0, le=1)  # L-infinity on label frequencies
     # validity / hardening
     max_pixels: int = Field(2**24, ge=1)  # larger declared sizes are refused before decoding
+    # with prepare.images.size set: a smaller side cannot be resized into a useful image
+    min_side: int = Field(8, ge=1)
     max_quarantine_fraction: float = Field(0.01, ge=0, le=1)
 
     @field_validator("mode")
@@ -237,6 +239,33 @@ class ImagePrepare(Strict):
     # Keep the test set a source ships (MNIST's t10k IDX files) as the test split, so test
     # accuracy is comparable with published figures; test_fraction applies to other sources.
     source_test: bool = True
+    # Conversion of every image to one shape (e.g. a folder of photos of mixed sizes and
+    # modes). Both null: none, images must already be quality.images.height x width, and
+    # are stored grey (the MNIST default). size: [height, width] after resizing;
+    # mode: L (grey) or RGB; resize: how the aspect ratio is kept (crop: scale to cover,
+    # centre crop; pad: scale to fit, pad with black; stretch: ignore it).
+    size: tuple[int, int] | None = None
+    mode: Literal["L", "RGB"] | None = None
+    resize: Literal["crop", "pad", "stretch"] = "crop"
+
+    @field_validator("size", mode="before")
+    @classmethod
+    def _two_sides(cls, v: object) -> object:
+        if v is not None and not (isinstance(v, list | tuple) and len(v) == 2):
+            raise ValueError("must be [height, width], e.g. [64, 64]")
+        return v
+
+    @field_validator("size")
+    @classmethod
+    def _sane_size(cls, v: tuple[int, int] | None) -> tuple[int, int] | None:
+        if v is not None and not all(1 <= side <= 4096 for side in v):
+            raise ValueError(f"{list(v)} must be [height, width], each 1 to 4096 pixels")
+        return v
+
+    @property
+    def converts(self) -> bool:
+        """True when images are converted (resized or re-moded) before training."""
+        return self.size is not None or self.mode is not None
 
 
 class SeriesPrepare(Strict):
@@ -355,6 +384,21 @@ class Settings(Strict):
                     f"quality.series.bounds.{column}: {column!r} is not the series target or a "
                     f"feature ({', '.join(values)}); bounds apply to those columns"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _cnn_fits_image_size(self) -> Settings:
+        size = self.prepare.images.size
+        if size is not None:
+            from bigdeep.models.shapes import conv_output_size
+
+            try:
+                conv_output_size(size, len(self.train.cnn.conv))
+            except ValueError as e:
+                raise ValueError(
+                    f"prepare.images.size {list(size)}: {e}; use a larger size or fewer "
+                    "train.cnn.conv layers"
+                ) from None
         return self
 
 

@@ -3,7 +3,9 @@
     bigdeep prepare images --raw data/raw/images --quarantine data/quarantine/images --out data/processed/images
     bigdeep prepare series --raw data/raw/series --quarantine data/quarantine/series --out data/processed/series
 
-Images: decoded to uint8 arrays, split stratified by class with a seeded generator, rows
+Images: decoded to uint8 arrays ((H, W) grey, or (H, W, 3) when `prepare.images.mode` is
+RGB; resized when `prepare.images.size` is set: `bigdeep.data.images`), split stratified
+by class with a seeded generator, rows
 stored in a seeded random order; a test set the source ships (MNIST's t10k IDX files) stays the test split (`prepare.images.source_test`).
 Series: resampled, split in time order (train, then val, then test); the scaler is fitted
 on the train rows only, so nothing about the future leaks into training.
@@ -12,7 +14,6 @@ on the train rows only, so nothing about the future leaks into training.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import shutil
@@ -21,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
 from bigdeep.config import ImagePrepare, SeriesData, SeriesPrepare
+from bigdeep.data.images import to_array
 from bigdeep.data.sources import source_split
 from bigdeep.data.store import iter_shards, read_all
 from bigdeep.errors import BigdeepError
@@ -89,12 +90,6 @@ def image_splits(
     return splits | {"test": np.flatnonzero(in_source_test)}, "source"
 
 
-def decode_grey(data: bytes) -> np.ndarray:
-    """PNG (or any PIL format) bytes -> (H, W) uint8."""
-    with Image.open(io.BytesIO(data)) as im:
-        return np.asarray(im.convert("L"), dtype=np.uint8)
-
-
 def _kept(shard: pd.DataFrame, quarantined: set[str]) -> pd.DataFrame:
     return shard[~shard["record_id"].isin(quarantined)]
 
@@ -109,6 +104,8 @@ def prepare_images(
 ) -> dict[str, int | str]:
     """Split the accepted images and write `<split>.npz` (x, y, ids) and `classes.json`.
 
+    x is uint8 (N, H, W), or (N, H, W, 3) for RGB; `cfg` says how images are converted.
+
     Memory holds one raw shard at a time plus about 60 bytes per image (label, sha256, split
     and row), never the decoded dataset: a first pass over the shards reads labels and content
     ids, the splits are drawn, and a second pass decodes each image straight into its row
@@ -121,7 +118,7 @@ def prepare_images(
     for shard in iter_shards(raw_dir, columns=["record_id", "label", "image"]):
         shard = _kept(shard, quarantined)
         if first is None and len(shard):
-            first = decode_grey(shard["image"].iloc[0])  # its size is every image's size
+            first = to_array(shard["image"].iloc[0], cfg)  # its shape is every image's
         unknown |= set(shard["label"]) - set(classes)
         labels.append(shard["label"].map(index).fillna(-1).to_numpy(np.int64))
         raw = b"".join(hashlib.sha256(b).digest() for b in shard["image"])
@@ -159,7 +156,7 @@ def prepare_images(
     for shard in iter_shards(raw_dir, columns=["record_id", "image"]):
         kept = _kept(shard, quarantined)
         for record, data in zip(kept["record_id"], kept["image"], strict=True):
-            pixels = decode_grey(data)
+            pixels = to_array(data, cfg)
             if pixels.shape != first.shape:
                 raise PrepareError(
                     f"{raw_dir}: record {record} is {pixels.shape[0]}x{pixels.shape[1]}, the "

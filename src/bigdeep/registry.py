@@ -247,7 +247,9 @@ def image_accuracy_scorer(data_dir: Path) -> Callable[[str], float]:
 
         if not cache:
             with np.load(Path(data_dir) / "test.npz") as test:
-                cache["x"] = test["x"][:, None].astype(np.float32) / 255.0  # (N, 1, H, W)
+                x = test["x"]  # (N, H, W) grey or (N, H, W, C) colour -> (N, C, H, W)
+                x = x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)
+                cache["x"] = x.astype(np.float32) / 255.0
                 cache["y"] = test["y"]
         probs = np.asarray(mlflow.pyfunc.load_model(model_uri).predict(cache["x"]))
         return float((probs.argmax(axis=1) == cache["y"]).mean())

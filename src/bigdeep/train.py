@@ -613,6 +613,7 @@ def build_image_job(settings: Settings, data_dir: Path, seed: int | None = None)
     dm.setup("fit")
     model = ImageClassifier(
         num_classes=dm.num_classes,
+        in_channels=dm.channels,  # and image_size: the prepared data's, 1 x 28 x 28 for MNIST
         conv=list(cfg.conv),
         dense=cfg.dense,
         lr=cfg.lr,
@@ -688,7 +689,9 @@ def train_cnn(settings: Settings, paths: Paths, resume: bool | None = None) -> T
         patience=cfg.patience,
         params={f"cnn.{k}": v for k, v in cfg.model_dump().items()}
         # splits over train.trainer.memory_mb, read from disk in blocks (none: all in memory)
-        | {"data.streamed": ",".join(dm.streamed) or "none"},
+        | {"data.streamed": ",".join(dm.streamed) or "none"}
+        # what a served model expects: (B, C, H, W) float32 in [0, 1]
+        | {"data.input_shape": "x".join(map(str, (dm.channels, *dm.image_size)))},
         history_keys=("train_loss", "train_acc", "val_loss", "val_acc"),
         evaluate=evaluate_cnn,
         export=export,

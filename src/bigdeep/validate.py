@@ -71,7 +71,13 @@ def validate(
     path = reference_path(references_dir or REFERENCE_DIR / dataset, identity)
     reference = load_reference(path, identity=identity)
     if dataset == "images":
-        result = gate_images("images", raw_dir, settings.quality.images, reference=reference)
+        result = gate_images(
+            "images",
+            raw_dir,
+            settings.quality.images,
+            reference=reference,
+            conversion=settings.prepare.images,  # photos: only convertible, not yet shaped
+        )
     else:
         # ingest stored the source's time column as `timestamp` (the canonical name)
         names = settings.data.series.model_copy(update={"timestamp": "timestamp"})

@@ -1,8 +1,9 @@
 """Lightning data modules over the prepared data in `data/processed/`.
 
-Images: `<dir>/{train,val,test}.npz` (x uint8 (N, H, W), y int64 (N,), ids str (N,)) and
-`<dir>/classes.json`. Series: `<dir>/series.parquet` (timestamp, target, features, split)
-and `<dir>/meta.json` (target, features, scaler, freq).
+Images: `<dir>/{train,val,test}.npz` (x uint8 (N, H, W) grey or (N, H, W, C) colour, y int64
+(N,), ids str (N,)) and `<dir>/classes.json`; the model sees float32 (B, C, H, W) in [0, 1].
+Series: `<dir>/series.parquet` (timestamp, target, features, split) and `<dir>/meta.json`
+(target, features, scaler, freq).
 
 A split that fits (`memory_mb`, counted as the float32 tensors it becomes) is held in memory
 and batches are cut with one tensor index per batch (`_Batched.__getitems__`), not one
@@ -62,9 +63,19 @@ class _Batched(Dataset):
         return self.batch(torch.as_tensor(indices))
 
 
+def as_nchw(x: torch.Tensor) -> torch.Tensor:
+    """uint8 images (N, H, W) or (N, H, W, C) -> float32 (N, C, H, W) in [0, 1].
+
+    A colour batch keeps the NHWC layout in memory (a channels_last tensor), which is the
+    layout the CNN computes in anyway.
+    """
+    x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
+    return x.float().div_(255.0)
+
+
 class _Images(_Batched):
     def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
-        self.images, self.labels = images, labels  # (N, 1, H, W) float32, (N,) int64
+        self.images, self.labels = images, labels  # (N, C, H, W) float32, (N,) int64
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -253,7 +264,7 @@ class _StreamedImages(IterableDataset):
         rank, world = self._world()
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        rows = self._memmap()  # (N, H, W) uint8, on disk
+        rows = self._memmap()  # (N, H, W) or (N, H, W, C) uint8, on disk
         batches = self.batches(epoch)
         batches += batches[: len(self) * world - len(batches)]  # wrap, like DistributedSampler
         mine = batches[rank::world][worker::workers]
@@ -263,11 +274,11 @@ class _StreamedImages(IterableDataset):
             if start != block_start:  # one contiguous read per block
                 block_start = start
                 block = torch.from_numpy(np.array(rows[start : start + self.block_rows]))
-            x = block[torch.from_numpy(offsets)].unsqueeze(1).float().div_(255.0)
+            x = as_nchw(block[torch.from_numpy(offsets)])
             y = self.labels[torch.from_numpy(start + offsets)]
             if self.augment is not None:
                 x = random_affine(x, self.augment, generator)
-            yield x, y  # (B, 1, H, W) float32 in [0, 1], (B,) int64
+            yield x, y  # (B, C, H, W) float32 in [0, 1], (B,) int64
 
     def _memmap(self) -> np.ndarray:
         if self._x is None:
@@ -368,7 +379,8 @@ class _InMemoryDataModule(pl.LightningDataModule):
 
 
 class ImageDataModule(_InMemoryDataModule):
-    """Grey images as float32 (N, 1, H, W) in [0, 1] with int64 labels (N,).
+    """Images as float32 (N, C, H, W) in [0, 1] with int64 labels (N,); C and (H, W) are
+    the prepared data's (`channels`, `image_size`): 1 for grey, 3 for RGB.
 
     Train batches are augmented by `random_affine` within `augment_rotate` (degrees),
     `augment_shift` (fraction of the image) and `augment_scale` (relative); all 0 turns it
@@ -404,6 +416,7 @@ class ImageDataModule(_InMemoryDataModule):
         self.streamed: list[str] = []
         self.classes: list[str] = []
         self.image_size: tuple[int, int] = (0, 0)
+        self.channels = 0
         self.pixel_mean, self.pixel_std = 0.0, 1.0
         self.ids: dict[str, np.ndarray] = {}  # split -> sha256 of each image, in row order
         self.tensors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # never augmented
@@ -419,28 +432,28 @@ class ImageDataModule(_InMemoryDataModule):
         for split in SPLITS:
             path = self.data_dir / f"{split}.npz"
             x, y, ids = _read_npz(path, self.num_classes, mmap=True)
-            size = (x.shape[1], x.shape[2])
+            size, channels = (x.shape[1], x.shape[2]), (x.shape[3] if x.ndim == 4 else 1)
             if split == "train":
-                self.image_size = size
-            elif size != self.image_size:
+                self.image_size, self.channels = size, channels
+            elif (size, channels) != (self.image_size, self.channels):
                 raise ValueError(
-                    f"{path}: images are {size}, "
-                    f"train images are {self.image_size}; re-run `bigdeep prepare`"
+                    f"{path}: images are {size} with {channels} channel(s), train images "
+                    f"{self.image_size} with {self.channels}; re-run `bigdeep prepare`"
                 )
             labels = torch.from_numpy(y.astype(np.int64))  # (N,)
             if split == "train":
-                train_rows = x  # uint8 (N, H, W), mapped or read: for the pixel statistics
+                train_rows = x  # uint8 (N, H, W[, C]), mapped or read: for the pixel statistics
             augment = self.augment if split == "train" and self.augment.active else None
             too_big = x.size * 4 > self.memory_mb * 2**20  # as float32 tensors
             if too_big and isinstance(x, np.memmap):
-                block_rows = int(self.block_mb * 2**20) // (size[0] * size[1])
+                block_rows = int(self.block_mb * 2**20) // (size[0] * size[1] * channels)
                 self._datasets[split] = _StreamedImages(
                     path, labels, self.batch_size, block_rows, split == "train", self.seed, augment
                 )
                 self.streamed.append(split)
                 continue
-            images = torch.from_numpy(np.array(x)).unsqueeze(1).float().div_(255.0)
-            self.tensors[split] = (images, labels)  # (N, 1, H, W), (N,)
+            images = as_nchw(torch.from_numpy(np.array(x)))
+            self.tensors[split] = (images, labels)  # (N, C, H, W), (N,)
             self.ids[split] = np.array(ids)
             if augment is not None:
                 self._datasets[split] = _AugmentedImages(images, labels, augment, self.seed)
@@ -449,13 +462,16 @@ class ImageDataModule(_InMemoryDataModule):
         self.pixel_mean, self.pixel_std = _pixel_stats(train_rows)
 
 
-def _pixel_stats(x: np.ndarray, chunk_rows: int = 65536) -> tuple[float, float]:
-    """Mean and (unbiased) std of uint8 images (N, H, W) in [0, 1] units.
+def _pixel_stats(x: np.ndarray, chunk_rows: int | None = None) -> tuple[float, float]:
+    """Mean and (unbiased) std of uint8 images (N, H, W[, C]) in [0, 1] units, over every
+    pixel and channel (the model standardises all channels alike).
 
     Read `chunk_rows` at a time (a streamed split is never loaded whole) with exact integer
     sums, so the figures do not depend on the chunking, nor on whether the split streams.
     """
     total, squares, count = 0, 0, x.size
+    if chunk_rows is None:  # about 2**24 values (128 MB as int64) a chunk, whatever the size
+        chunk_rows = max(1, 2**24 // max(1, math.prod(x.shape[1:])))
     for i in range(0, len(x), chunk_rows):
         chunk = np.asarray(x[i : i + chunk_rows], dtype=np.int64)
         total += int(chunk.sum())
@@ -480,7 +496,7 @@ def _read_classes(path: Path) -> list[str]:
 def _read_npz(
     path: Path, num_classes: int, mmap: bool = False
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(x uint8 (N, H, W), y int (N,), ids (N,)), checked; errors name the file.
+    """(x uint8 (N, H, W) or (N, H, W, C), y int (N,), ids (N,)), checked; errors name the file.
 
     `mmap`: x and ids are memory-mapped (see `npz_memmap`), not read; y is read.
     """
@@ -502,8 +518,11 @@ def _read_npz(
         raise ValueError(
             f"{path}: unreadable or corrupt npz ({e}); re-run `bigdeep prepare`"
         ) from None
-    if x.dtype != np.uint8 or x.ndim != 3:
-        raise ValueError(f"{path}: x must be uint8 (N, H, W), got {x.dtype} {x.shape}")
+    if x.dtype != np.uint8 or not (x.ndim == 3 or (x.ndim == 4 and x.shape[3] in (1, 3, 4))):
+        raise ValueError(
+            f"{path}: x must be uint8 (N, H, W) or (N, H, W, C) with C 1, 3 or 4, "
+            f"got {x.dtype} {x.shape}; re-run `bigdeep prepare`"
+        )
     if not np.issubdtype(y.dtype, np.integer) or y.shape != (len(x),) or ids.shape != (len(x),):
         raise ValueError(
             f"{path}: y must be integer (N,) and ids (N,) with N={len(x)}, "

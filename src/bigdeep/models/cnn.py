@@ -27,21 +27,7 @@ from torch.nn import functional as F
 
 from bigdeep.models.metrics import EpochMeans, StagedModule
 from bigdeep.models.optim import check_schedule
-
-
-def conv_output_size(image_size: tuple[int, int], n_conv: int) -> tuple[int, int]:
-    """(H, W) after `n_conv` 3x3 'valid' convs with a 2x2 max-pool between consecutive ones."""
-    h, w = image_size
-    for i in range(n_conv):
-        h, w = h - 2, w - 2  # 3x3 conv, no padding
-        if h < 1 or w < 1:
-            raise ValueError(
-                f"image_size {tuple(image_size)} is too small for {n_conv} conv layers "
-                f"(feature map vanishes after conv {i + 1})"
-            )
-        if i < n_conv - 1:
-            h, w = h // 2, w // 2  # max-pool 2, floor like Keras
-    return h, w
+from bigdeep.models.shapes import conv_output_size
 
 
 class Standardize(nn.Module):
@@ -153,7 +139,7 @@ class ImageClassifier(StagedModule):
     def predict_proba_module(self) -> nn.Module:
         """A plain copy of the network + softmax, on CPU, in eval mode, for `torch.export`.
 
-        float32 (B, 1, H, W) in [0, 1] -> class probabilities (B, num_classes).
+        float32 (B, C, H, W) in [0, 1] -> class probabilities (B, num_classes).
         """
         net = copy.deepcopy(self.net).cpu()
         return nn.Sequential(net, nn.Softmax(dim=1)).eval()

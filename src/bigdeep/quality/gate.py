@@ -32,7 +32,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from bigdeep.config import ImageQuality, SeriesData, SeriesQuality
+from bigdeep.config import ImagePrepare, ImageQuality, SeriesData, SeriesQuality
+from bigdeep.data.images import conversion_text
 from bigdeep.quality.checks import QUARANTINE_COLUMNS, Run, Table, Verdict, iso, plain
 from bigdeep.quality.drift import ProfileBuilder, Reference, edges_between
 from bigdeep.quality.profile import (
@@ -107,10 +108,12 @@ def run_gate(
     *,
     reference: Reference | None = None,
     now: pd.Timestamp | None = None,
+    conversion: ImagePrepare | None = None,
 ) -> GateResult:
     """Validate `table` in memory: an image profile (ImageQuality; its `.attrs["intensity"]`,
-    when present, feeds the pixel-intensity drift), or a raw series (SeriesQuality, with
-    `data` naming its timestamp, target and feature columns).
+    when present, feeds the pixel-intensity drift; `conversion`: what prepare will do to the
+    images, see `image_suite`), or a raw series (SeriesQuality, with `data` naming its
+    timestamp, target and feature columns).
 
     report: dataset, passed, rows, quarantined, quarantined_fraction, max_quarantine_fraction,
     by_v ({v: {passed, failed}}), drift (identity, first_version, note, reference,
@@ -118,12 +121,13 @@ def run_gate(
     there is no reference), columns (series:
     expected, missing, extra), expectations (one entry per expectation, in suite order: v,
     check, expectation, column, critical, record_level, success, observed, unexpected_count,
-    examples, notes) and failures (sentences for people).
+    examples, notes) and failures (sentences for people). Images also get shapes (the sizes
+    and modes seen, and the conversion that applies: `_shapes_report`).
     """
     if isinstance(settings, ImageQuality):
         intensity = table.attrs.get("intensity")
         chunk = ProfileChunk(table, None if intensity is None else np.asarray(intensity))
-        return _gate_images(name, [chunk], settings, reference)
+        return _gate_images(name, [chunk], settings, reference, conversion)
     if isinstance(settings, SeriesQuality):
         if data is None:
             raise TypeError("run_gate: a series needs data=SeriesData(...) to name its columns")
@@ -139,12 +143,14 @@ def gate_images(
     reference: Reference | None = None,
     workers: int | None = None,
     chunk_rows: int = CHUNK_ROWS,
+    conversion: ImagePrepare | None = None,
 ) -> GateResult:
-    """Profile and validate the raw image store chunk by chunk (bounded memory, every core)."""
+    """Profile and validate the raw image store chunk by chunk (bounded memory, every core).
+    `conversion` (prepare.images): with a size or mode set, images need only be convertible."""
     chunks = iter_image_profiles(
         shards_dir, max_pixels=settings.max_pixels, workers=workers, chunk_rows=chunk_rows
     )
-    return _gate_images(name, chunks, settings, reference)
+    return _gate_images(name, chunks, settings, reference, conversion)
 
 
 def gate_series(
@@ -201,19 +207,23 @@ def _gate_images(
     chunks: Iterable[ProfileChunk],
     settings: ImageQuality,
     reference: Reference | None,
+    conversion: ImagePrepare | None = None,
 ) -> GateResult:
-    s = settings
+    s, conversion = settings, conversion or ImagePrepare()
     ref = reference.profile if reference else None
-    records, classes = image_suite(s), class_count_suite(s)
+    records, classes = image_suite(s, conversion), class_count_suite(s)
     summary = summary_suite(name, s.min_rows, s.max_rows, s.max_drop_pct, "records")
     drift = drift_suite(name, s.max_drift_js, s.max_drift_linf)
     run = Run(name, [summary, records, classes, drift])
 
     builder: ProfileBuilder | None = None
     labels: Counter[str] = Counter()
+    sizes: Counter[tuple[int, int]] = Counter()  # (height, width) -> images
+    modes: Counter[str] = Counter()
     rows = 0
     for chunk in chunks:
         frame = chunk.frame
+        _count_shapes(frame, sizes, modes)
         if builder is None:
             edges = {"pixel_mean": MEAN_EDGES}
             if chunk.intensity is not None:
@@ -242,9 +252,51 @@ def _gate_images(
         run.cannot_run(["row_drop", "drift_js", "drift_linf"], reference.error)
     report_drift = _drift_report(reference, rows, drift_rows, s.max_drift_js, s.max_drift_linf)
     verdict = run.verdict(rows, s.max_quarantine_fraction, "records")
-    return _result(
+    result = _result(
         name, rows, s.max_quarantine_fraction, verdict, report_drift, None, "record_id", builder
     )
+    shapes = _shapes_report(sizes, modes, conversion_text(conversion, s))
+    report = result.report
+    at = list(report).index("drift") + 1  # the report's keys keep a fixed order
+    result.report = dict(
+        [*list(report.items())[:at], ("shapes", shapes), *list(report.items())[at:]]
+    )
+    return result
+
+
+# How many of the most common sizes the report lists (the rest are counted together).
+TOP_SIZES = 10
+
+
+def _count_shapes(frame: pd.DataFrame, sizes: Counter, modes: Counter) -> None:
+    """Add a profile chunk's decoded images to the (height, width) and mode counts."""
+    if not {"height", "width", "mode"} <= set(frame.columns):
+        return
+    decoded = frame.dropna(subset=["height", "width"])
+    pairs = zip(decoded["height"].astype("int64"), decoded["width"].astype("int64"), strict=True)
+    sizes.update(Counter((int(h), int(w)) for h, w in pairs))
+    modes.update(frame["mode"].dropna().astype(str).value_counts().to_dict())
+
+
+def _shapes_report(sizes: Counter, modes: Counter, conversion: str) -> dict[str, Any]:
+    """The sizes and modes the decoded images have, and what prepare does to them.
+
+    sizes: the TOP_SIZES most common, "HxW" (height x width) with their counts; other_sizes:
+    how many more sizes, other_records: the images they hold. Lists, so DVC shows no column
+    per size.
+    """
+    top = sizes.most_common(TOP_SIZES)
+    heights = [h for h, _ in sizes]
+    widths = [w for _, w in sizes]
+    return {
+        "conversion": conversion,
+        "sizes": [{"size": f"{h}x{w}", "records": n} for (h, w), n in top],
+        "other_sizes": max(0, len(sizes) - len(top)),
+        "other_records": sum(sizes.values()) - sum(n for _, n in top),
+        "height_range": [min(heights), max(heights)] if heights else None,
+        "width_range": [min(widths), max(widths)] if widths else None,
+        "modes": [{"mode": m, "records": n} for m, n in modes.most_common()],
+    }
 
 
 # --- series --------------------------------------------------------------------------------

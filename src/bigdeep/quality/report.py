@@ -62,6 +62,8 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     for v in VS:
         c = report["by_v"].get(v, {"passed": 0, "failed": 0})
         lines.append(f"  {v:<9} {c['passed']} passed, {c['failed']} failed")
+    if shapes := shapes_line(report):
+        lines.append(shapes)
     drift = report.get("drift") or {}
     if drift.get("note"):
         lines.append(f"  drift     {drift['note']}")
@@ -72,6 +74,25 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         values += [f"{m} linf={v:.4g}" for m, v in drift["linf"].items() if v is not None]
         lines.append(f"  drift     {', '.join(values)}; rows -{drift.get('drop_pct') or 0:.4g}%")
     return lines
+
+
+def shapes_line(report: dict[str, Any]) -> str | None:
+    """Images: the sizes and modes seen and the conversion, in one line (None for series)."""
+    shapes = report.get("shapes")
+    if not shapes:
+        return None
+    n_sizes = len(shapes["sizes"]) + shapes["other_sizes"]
+    if n_sizes == 0:
+        seen = "no image decoded"
+    else:
+        top = shapes["sizes"][0]
+        (h0, h1), (w0, w1) = shapes["height_range"], shapes["width_range"]
+        modes = ", ".join(f"{m['mode']} {m['records']}" for m in shapes["modes"])
+        seen = (
+            f"{n_sizes} size(s), height {h0}..{h1}, width {w0}..{w1} "
+            f"(most common {top['size']}: {top['records']}); mode(s) {modes}"
+        )
+    return f"  shapes    {seen}; conversion: {shapes['conversion']}"
 
 
 def _short(value: Any) -> Any:

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from bigdeep.config import ImageQuality, SeriesData, SeriesQuality
+from bigdeep.config import ImagePrepare, ImageQuality, SeriesData, SeriesQuality
 from bigdeep.quality.profile import PROFILE_COLUMNS, mode_bands
 from bigdeep.quality.ranges import ValueRange
 from bigdeep.quality.timeline import Timeline
@@ -292,18 +292,25 @@ def drift_suite(name: str, max_js: float, max_linf: float) -> gx.ExpectationSuit
 # --- images: the profile table (one row per image) ------------------------------------------
 
 
-def image_suite(settings: ImageQuality) -> gx.ExpectationSuite:
-    """Expectations on the image profile (`profile.profile_images`), keyed by record_id."""
+def image_suite(
+    settings: ImageQuality, conversion: ImagePrepare | None = None
+) -> gx.ExpectationSuite:
+    """Expectations on the image profile (`profile.profile_images`), keyed by record_id.
+
+    With a conversion (`prepare.images.size` / `.mode`), the shape checks it covers ask that
+    an image can be converted, not that it has the target shape already.
+    """
+    c = conversion or ImagePrepare()
     return _suite(
         "images",
-        _image_variety(settings) + _image_validity(settings),
+        _image_variety(settings, c) + _image_validity(settings, c),
     )
 
 
-def _image_variety(s: ImageQuality) -> list[Any]:
+def _image_variety(s: ImageQuality, c: ImagePrepare) -> list[Any]:
     import great_expectations.expectations as gxe
 
-    channels, bit_depth = mode_bands(s.mode)
+    shape = [_shape_check(*args) for args in _shape_checks(s, c)]
     return (
         [
             _expect(
@@ -322,74 +329,137 @@ def _image_variety(s: ImageQuality) -> list[Any]:
             _expect(
                 gxe.ExpectColumnValuesToBeInTypeList,
                 v="variety",
-                check=f"type_{c}",
+                check=f"type_{column}",
                 critical=True,
                 record_level=False,
-                notes=f"column {c!r} has type {types[0]}",
+                notes=f"column {column!r} has type {types[0]}",
                 says=f'column "{{column}}" has type {{dtype}}, expected {types[0]}',
-                column=c,
+                column=column,
                 type_list=types,
             )
-            for c, types in _PROFILE_TYPES.items()
+            for column, types in _PROFILE_TYPES.items()
         ]
-        + [
-            _expect(
-                gxe.ExpectColumnValuesToBeInSet,
-                v="variety",
-                check=check,
-                critical=False,
-                record_level=True,
-                notes=notes,
-                says=says,
-                column=column,
-                value_set=[expected],
-            )
-            for check, column, expected, notes, says in [
-                (
-                    "height",
-                    "height",
-                    s.height,
-                    f"every image is {s.height} pixels high",
-                    f'record "{{key}}" is {{value}} pixels high, expected {s.height}',
-                ),
-                (
-                    "width",
-                    "width",
-                    s.width,
-                    f"every image is {s.width} pixels wide",
-                    f'record "{{key}}" is {{value}} pixels wide, expected {s.width}',
-                ),
-                (
-                    "mode",
-                    "mode",
-                    s.mode,
-                    f"every image has PIL mode {s.mode!r}",
-                    f'record "{{key}}" has mode "{{value}}", expected "{s.mode}"',
-                ),
-                (
-                    "channels",
-                    "channels",
-                    channels,
-                    f"every image has {channels} channel(s) (mode {s.mode})",
-                    f'record "{{key}}" has {{value}} channel(s), expected {channels}',
-                ),
-                (
-                    "bit_depth",
-                    "bit_depth",
-                    bit_depth,
-                    f"every image has {bit_depth}-bit samples (mode {s.mode})",
-                    f'record "{{key}}" is {{value}}-bit, expected {bit_depth}-bit',
-                ),
-            ]
-        ]
+        + shape
     )
 
 
-def _image_validity(s: ImageQuality) -> list[Any]:
+def _shape_check(check: str, column: str, expected: Any, notes: str, says: str) -> Any:
+    """A record-level variety check: `expected` is a value, a list of values or a
+    (min, max) range (a tuple; None for no bound)."""
+    import great_expectations.expectations as gxe
+
+    common = dict(v="variety", check=check, critical=False, record_level=True, column=column)
+    if isinstance(expected, tuple):
+        low, high = expected
+        return _expect(
+            gxe.ExpectColumnValuesToBeBetween,
+            notes=notes,
+            says=says,
+            min_value=low,
+            max_value=high,
+            **common,
+        )
+    values = expected if isinstance(expected, list) else [expected]
+    return _expect(
+        gxe.ExpectColumnValuesToBeInSet, notes=notes, says=says, value_set=values, **common
+    )
+
+
+def _shape_checks(s: ImageQuality, c: ImagePrepare) -> list[tuple[str, str, Any, str, str]]:
+    """(check, column, expected, notes, says) of the height, width, mode, channels and
+    bit-depth checks: the target shape, or what can be converted to it."""
+    from bigdeep.data.images import CONVERTIBLE_MODES
+
+    channels, bit_depth = mode_bands(s.mode)
+    out = []
+    if c.size is None:
+        out += [
+            (
+                "height",
+                "height",
+                s.height,
+                f"every image is {s.height} pixels high",
+                f'record "{{key}}" is {{value}} pixels high, expected {s.height}',
+            ),
+            (
+                "width",
+                "width",
+                s.width,
+                f"every image is {s.width} pixels wide",
+                f'record "{{key}}" is {{value}} pixels wide, expected {s.width}',
+            ),
+        ]
+    else:
+        target = f"{c.size[0]}x{c.size[1]}"
+        out += [
+            (
+                side,
+                side,
+                (s.min_side, None),
+                f"every image is at least min_side={s.min_side} pixels {word} (resized to {target})",
+                f'record "{{key}}" is {{value}} pixels {word}, below min_side={s.min_side}: '
+                f"too small to resize to {target}",
+            )
+            for side, word in (("height", "high"), ("width", "wide"))
+        ]
+    if c.mode is None:
+        out += [
+            (
+                "mode",
+                "mode",
+                s.mode,
+                f"every image has PIL mode {s.mode!r}",
+                f'record "{{key}}" has mode "{{value}}", expected "{s.mode}"',
+            ),
+            (
+                "channels",
+                "channels",
+                channels,
+                f"every image has {channels} channel(s) (mode {s.mode})",
+                f'record "{{key}}" has {{value}} channel(s), expected {channels}',
+            ),
+            (
+                "bit_depth",
+                "bit_depth",
+                bit_depth,
+                f"every image has {bit_depth}-bit samples (mode {s.mode})",
+                f'record "{{key}}" is {{value}}-bit, expected {bit_depth}-bit',
+            ),
+        ]
+    else:
+        modes = ", ".join(CONVERTIBLE_MODES)
+        out += [
+            (
+                "mode",
+                "mode",
+                list(CONVERTIBLE_MODES),
+                f"every image has a mode that converts to {c.mode} ({modes})",
+                f'record "{{key}}" has mode "{{value}}", which does not convert to {c.mode} '
+                f"faithfully (convertible: {modes})",
+            ),
+            (
+                "channels",
+                "channels",
+                (1, 4),
+                f"every image has 1 to 4 channels (converted to {c.mode})",
+                'record "{key}" has {value} channel(s), expected 1 to 4',
+            ),
+            (
+                "bit_depth",
+                "bit_depth",
+                [1, 8],
+                f"every image has 1- or 8-bit samples (converted to {c.mode})",
+                'record "{key}" is {value}-bit, expected 1- or 8-bit',
+            ),
+        ]
+    return out
+
+
+def _image_validity(s: ImageQuality, c: ImagePrepare) -> list[Any]:
     import great_expectations.expectations as gxe
 
     classes = ", ".join(s.classes)
-    top = 2 ** mode_bands(s.mode)[1] - 1
+    top = 255 if c.mode else 2 ** mode_bands(s.mode)[1] - 1  # converted modes are 8-bit
     return [
         _expect(
             gxe.ExpectColumnValuesToBeInSet,
@@ -441,7 +511,7 @@ def _image_validity(s: ImageQuality) -> list[Any]:
             check="pixel_max",
             critical=False,
             record_level=True,
-            notes=f"no pixel above {top} (mode {s.mode})",
+            notes=f"no pixel above {top} (mode {c.mode or s.mode})",
             says=f'record "{{key}}" has pixel values above {top} (max {{value}})',
             column="pixel_max",
             max_value=top,
