@@ -19,6 +19,7 @@ prints one paragraph (what, where, the fix) and no traceback; `bigdeep --debug .
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from pathlib import Path
@@ -154,13 +155,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
         from flows.pipeline import pipeline
 
-        _log_to_file(log, debug=args.debug)
-        state = pipeline(
-            project_dir=str(project),
-            datasets=args.datasets,
-            overrides=overrides,
-            return_state=True,
-        )
+        handler = _log_to_file(log, debug=args.debug)
+        try:
+            state = pipeline(
+                project_dir=str(project),
+                datasets=args.datasets,
+                overrides=overrides,
+                return_state=True,
+            )
+        finally:
+            logging.getLogger().removeHandler(handler)
+            handler.close()
     if state.is_completed():
         return 0
     error = state.result(raise_on_failure=False)
@@ -183,11 +188,9 @@ def _run_log(project: Path) -> Path:
     return path
 
 
-def _log_to_file(path: Path, debug: bool) -> None:
+def _log_to_file(path: Path, debug: bool) -> logging.Handler:
     """Every log record (tracebacks included) to the run's log file; the console keeps the
     lines but not the tracebacks, unless --debug."""
-    import logging
-
     root = logging.getLogger()
     if not debug:
         for handler in root.handlers:
@@ -195,9 +198,13 @@ def _log_to_file(path: Path, debug: bool) -> None:
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root.addHandler(handler)
+    return handler
 
 
-def _without_traceback(handler) -> None:
+def _without_traceback(handler: logging.Handler) -> None:
+    if getattr(handler, "_bigdeep_no_traceback", False):
+        return
+    handler._bigdeep_no_traceback = True
     plain = handler.format
 
     def format(record):  # noqa: A001 - replaces the handler's own format
