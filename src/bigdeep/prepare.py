@@ -257,7 +257,9 @@ def read_series_values(
 
     With `resample`, each shard is reduced to a sum and a count per step (a step cut between
     two shards adds up), and only the steps are held: memory grows with the number of steps,
-    not of raw rows, and each mean is the same sum / count pandas' mean computes. Without it,
+    not of raw rows. Each mean is the sum / count pandas' mean computes, bit for bit, except for
+    a step of more than two values cut between two shards (its sum is added in two parts: the
+    last bit can differ). Without it,
     the timestamp and value columns (8 bytes each per row) are held.
     """
     bad = {int(r) for r in quarantined_records(quarantine_dir)}
