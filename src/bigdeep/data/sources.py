@@ -155,7 +155,7 @@ def _listing(folder: Path, entries: Callable[[], Iterator[Path]]) -> list[Path]:
     except PermissionError as e:
         where = e.filename or folder
         raise SourceError(
-            f"{where}: permission denied listing the folder (bigdeep runs as uid {os.getuid()}): "
+            f"{where}: permission denied listing the folder (bigdeep runs as uid {os.geteuid()}): "
             f"make it readable (chmod a+rx {where}) or copy the images somewhere readable"
         ) from None
 
@@ -471,7 +471,7 @@ def _open(path: Path):
         return open(path, "rb")
     except PermissionError:
         raise SourceError(
-            f"{path}: permission denied (bigdeep runs as uid {os.getuid()}): make it readable "
+            f"{path}: permission denied (bigdeep runs as uid {os.geteuid()}): make it readable "
             f"(chmod a+r {path}) or copy it somewhere readable"
         ) from None
     except IsADirectoryError:
