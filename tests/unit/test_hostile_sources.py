@@ -12,6 +12,7 @@ import gzip
 import json
 import os
 import random
+import shutil
 import struct
 import tempfile
 import tracemalloc
@@ -218,11 +219,18 @@ def test_a_file_that_is_not_parquet_is_named(project, capsys):
 
 
 @contextlib.contextmanager
-def unprivileged() -> Iterator[None]:
-    """Run as `nobody` for a moment when the tests run as root (root reads mode-000 files)."""
+def unprivileged(root: Path, dataset: str, capsys) -> Iterator[None]:
+    """Run as `nobody` for a moment when the tests run as root (root reads mode-000 files).
+
+    Root first ingests the same source once (it reads it: the source is valid but for its
+    mode), so every module the command imports is loaded before `nobody`, who cannot read
+    root's Python installation, runs it.
+    """
     if os.geteuid() != 0:
         yield
         return
+    assert ingest(dataset, capsys)[0] == 0
+    shutil.rmtree(root / "data")
     os.seteuid(65534)
     try:
         yield
@@ -251,7 +259,7 @@ def test_an_unreadable_series_file_is_named_with_the_fix(open_project, capsys):
     params(open_project)
     (open_project / "params.yaml").chmod(0o644)
     uid = 65534 if os.geteuid() == 0 else os.geteuid()  # who reads it
-    with unprivileged():
+    with unprivileged(open_project, "series", capsys):
         err = refused(open_project, "series", capsys, "src/series.csv: permission denied")
     assert f"(bigdeep runs as uid {uid}): make it readable (chmod a+r src/series.csv)" in err
 
@@ -267,7 +275,7 @@ def test_an_unreadable_image_class_folder_is_named(open_project, capsys):
     (open_project / "src" / "digits" / "1").chmod(0)
     params(open_project, images={"source": "folder:src/digits"})
     (open_project / "params.yaml").chmod(0o644)
-    with unprivileged():
+    with unprivileged(open_project, "images", capsys):
         refused(
             open_project,
             "images",
