@@ -448,6 +448,15 @@ BLOCK = 1 << 18  # bytes read at a time when checking a file before parsing it
 
 def _series_file(path: Path) -> Path:
     """The source file, checked: it exists, is a regular file, is readable and not empty."""
+    try:
+        path.stat()
+    except PermissionError:
+        raise SourceError(
+            f"{path}: permission denied on a folder above it (bigdeep runs as uid "
+            f"{os.geteuid()}): make the folders readable (chmod a+rx) or copy the file"
+        ) from None
+    except OSError:
+        pass  # missing: said below
     if not path.exists():
         raise SourceError(
             f"series file {path} does not exist: check data.series.source in params.yaml"
