@@ -381,3 +381,33 @@ def test_ingest_reads_a_csv_in_chunks(tmp_path: Path):
     raw = pd.read_parquet(tmp_path / "raw")
     assert raw["row"].iloc[0] == 60_000 - 43_200 + 1 and raw["row"].is_monotonic_increasing
     assert peak < 0.8 * path.stat().st_size, (peak, path.stat().st_size)
+
+
+def test_csv_chunks_of_text_and_numbers_joined_in_one_shard_are_stored_as_text(project, capsys):
+    """Rows 25-30 (numbers) and 31-34 (a chunk with "warm") share a shard: Arrow gets text."""
+    times = pd.date_range("2024-01-01", periods=48, freq="h", tz="UTC")
+    frame = pd.DataFrame(
+        {
+            "Time": times.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "Demand": np.arange(48) + 4000.5,
+            "Temperature": (np.arange(48) / 4).astype(object),
+        }
+    )
+    frame.loc[32, "Temperature"] = "warm"  # row 33
+    frame.to_csv(project / "src" / "series.csv", index=False)
+    params(project, series={"shard_rows": 10, "last_days": 1})  # keeps rows 25..48
+    code, out, err = ingest("series", capsys)
+    assert code == 0, err
+    first = pd.read_parquet(project / "data/raw/series/part-00000.parquet")
+    assert list(first["row"]) == list(range(25, 35))
+    assert list(first["Temperature"])[5:9] == ["7.25", "7.5", "7.75", "warm"]
+    code = main(
+        ["validate", "series", "--raw", "data/raw/series", "--report", "reports/series.json"]
+        + ["--quarantine", "data/quarantine/series"]
+    )
+    report = json.loads((project / "reports/series.json").read_text())
+    assert code == 3
+    assert (
+        'series: row 33 (2024-01-02T08:00Z) Temperature is "warm", not a finite number'
+        in (report["failures"])
+    )
