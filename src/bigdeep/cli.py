@@ -47,6 +47,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
     result = INGEST[args.dataset](_settings(args), Path(args.out))
     print(f"ingest {result.dataset}: {result.rows} rows -> {result.out_dir}")
+    for note in result.notes:  # e.g. a JSON field whose type changes: the gate will judge it
+        print(f"  note: {note}")
     return 0
 
 

@@ -67,6 +67,10 @@ class SeriesData(Strict):
     last_days: int | None = Field(365, ge=1)  # keep the newest N days at ingest; null keeps all
     shard_rows: int = Field(100_000, ge=1)
     name: str | None = None  # dataset identity; null: derived from the source (dataset_identity)
+    # Refused before parsing, with the file and line: a longer line (a CSV header included)
+    # or a JSON record nested deeper (json would hit Python's recursion limit near 1000).
+    max_line_bytes: int = Field(1_048_576, ge=64)
+    max_depth: int = Field(64, ge=1, le=512)
 
     @field_validator("source")
     @classmethod

@@ -4,16 +4,20 @@
     bigdeep ingest series     # params: data.series
 
 The output is a pure function of the source's content and the params, so an unchanged
-source gives byte-identical shards and DVC skips everything downstream.
+source gives byte-identical shards and DVC skips everything downstream. Both datasets are
+streamed: memory holds one shard (`shard_rows`), whatever the size of the source.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import pandas as pd
+
 from bigdeep.config import Settings
-from bigdeep.data.sources import iter_image_batches, read_series
+from bigdeep.data.sources import arrow_safe, iter_image_batches, iter_series, open_series
 from bigdeep.data.store import IMAGE_SCHEMA, write_shards
 
 
@@ -22,6 +26,7 @@ class IngestResult:
     dataset: str
     rows: int
     out_dir: Path
+    notes: list[str] = field(default_factory=list)  # read, but left for the gate to judge
 
 
 def ingest_images(settings: Settings, out_dir: Path, root: Path = Path(".")) -> IngestResult:
@@ -37,13 +42,38 @@ def ingest_images(settings: Settings, out_dir: Path, root: Path = Path(".")) -> 
 
 def ingest_series(settings: Settings, out_dir: Path, root: Path = Path(".")) -> IngestResult:
     cfg = settings.data.series
-    frame = read_series(cfg, root)
-    frame.attrs = {}  # keep pandas metadata out of the shard so bytes depend on data only
-    shards = (
-        frame.iloc[i : i + cfg.shard_rows] for i in range(0, max(len(frame), 1), cfg.shard_rows)
-    )
+    source = open_series(cfg, root)
+    shards = (arrow_safe(s) for s in rebatch(iter_series(cfg, root, source), cfg.shard_rows))
     rows = write_shards(shards, out_dir)
-    return IngestResult("series", rows, out_dir)
+    return IngestResult("series", rows, out_dir, source.notes)
+
+
+def rebatch(frames: Iterable[pd.DataFrame], size: int) -> Iterator[pd.DataFrame]:
+    """Frames of exactly `size` rows (the last one fewer), whatever sizes come in.
+
+    Shards do not depend on how the source was chunked (rows dropped by `last_days` included).
+    With no rows at all, one empty frame keeps the columns, so the gate can say "no rows".
+    """
+    pending: list[pd.DataFrame] = []
+    count, empty, emitted = 0, None, False
+    for frame in frames:
+        empty = frame.iloc[:0] if empty is None else empty
+        while len(frame):
+            part = frame.iloc[: size - count]
+            frame = frame.iloc[len(part) :]
+            pending.append(part)
+            count += len(part)
+            if count == size:
+                yield _joined(pending)
+                pending, count, emitted = [], 0, True
+    if pending:
+        yield _joined(pending)
+    elif not emitted and empty is not None:
+        yield empty
+
+
+def _joined(parts: list[pd.DataFrame]) -> pd.DataFrame:
+    return parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)
 
 
 INGEST = {"images": ingest_images, "series": ingest_series}

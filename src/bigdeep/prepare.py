@@ -26,7 +26,7 @@ import pandas as pd
 from bigdeep.config import ImagePrepare, SeriesData, SeriesPrepare
 from bigdeep.data.images import to_array
 from bigdeep.data.sources import source_split
-from bigdeep.data.store import iter_shards, read_all
+from bigdeep.data.store import iter_shards
 from bigdeep.errors import BigdeepError
 from bigdeep.quality.leakage import leakage_error
 
@@ -208,9 +208,18 @@ def prepare_series_frame(
     """Raw canonical series -> (scaled frame with a `split` column, meta). Pure."""
     columns = [data.target, *data.features]
     series = frame.set_index("timestamp")[columns].sort_index().astype("float64")
+    if cfg.resample:
+        series = series.resample(cfg.resample).mean()
+    return split_and_scale(series, data, cfg)
+
+
+def split_and_scale(
+    series: pd.DataFrame, data: SeriesData, cfg: SeriesPrepare
+) -> tuple[pd.DataFrame, dict]:
+    """A sorted (resampled) series -> (scaled frame with a `split` column, meta). Pure."""
+    columns = [data.target, *data.features]
     freq = cfg.resample
     if freq:
-        series = series.resample(freq).mean()
         holes = series[series.isna().any(axis=1)]
         if len(holes):
             raise PrepareError(
@@ -238,13 +247,55 @@ def prepare_series_frame(
     return scaled, meta
 
 
+def read_series_values(
+    raw_dir: Path, quarantine_dir: Path, data: SeriesData, cfg: SeriesPrepare
+) -> pd.DataFrame:
+    """The accepted rows' values by timestamp, sorted, resampled: what `prepare_series_frame`
+    makes of the whole raw store, read one shard at a time.
+
+    With `resample`, each shard is reduced to a sum and a count per step (a step cut between
+    two shards adds up), and only the steps are held: memory grows with the number of steps,
+    not of raw rows. Each mean is the sum / count pandas' mean computes, bit for bit, except for
+    a step of more than two values cut between two shards (its sum is added in two parts: the
+    last bit can differ). Without it,
+    the timestamp and value columns (8 bytes each per row) are held.
+    """
+    bad = {int(r) for r in quarantined_records(quarantine_dir)}
+    columns = [data.target, *data.features]
+    freq = cfg.resample
+    origin = None  # resample's default origin ("start_day"): midnight of the first accepted day
+    if freq:
+        for shard in iter_shards(raw_dir, columns=["row", "timestamp"]):
+            ts = shard.loc[~shard["row"].isin(bad), "timestamp"]
+            if len(ts) and ts.notna().any():
+                first = ts.min()
+                origin = first if origin is None else min(origin, first)
+        origin = origin.floor("D") if origin is not None else "start_day"
+    sums, counts = [], []
+    for shard in iter_shards(raw_dir, columns=["row", "timestamp", *columns]):
+        shard = shard[~shard["row"].isin(bad)]
+        values = shard.set_index("timestamp")[columns].sort_index().astype("float64")
+        if freq:
+            steps = values.resample(freq, origin=origin)
+            sums.append(steps.sum())
+            counts.append(steps.count())
+        else:
+            sums.append(values)
+    series = sums[0] if len(sums) == 1 else pd.concat(sums).sort_index()
+    if not freq:
+        return series
+    count = counts[0] if len(counts) == 1 else pd.concat(counts).sort_index()
+    # One row per step from the first to the last (steps with no data: 0 / 0 = NaN)
+    return series.resample(freq, origin=origin).sum() / count.resample(freq, origin=origin).sum()
+
+
 def prepare_series(
     raw_dir: Path, quarantine_dir: Path, out_dir: Path, data: SeriesData, cfg: SeriesPrepare
 ) -> dict[str, int]:
-    frame = read_all(raw_dir)
-    bad = {int(r) for r in quarantined_records(quarantine_dir)}
-    frame = frame[~frame["row"].isin(bad)]
-    scaled, meta = prepare_series_frame(frame, data, cfg)
+    """Resample, split in time order and scale the accepted series; write `series.parquet` and
+    `meta.json`. Reads the raw store shard by shard (see `read_series_values`)."""
+    series = read_series_values(raw_dir, quarantine_dir, data, cfg)
+    scaled, meta = split_and_scale(series, data, cfg)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     scaled.to_parquet(out_dir / "series.parquet", index=False)
