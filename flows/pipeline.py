@@ -22,6 +22,8 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
+from bigdeep import orchestration
+
 MODELS = {"images": "cnn", "series": "rnn"}
 
 
@@ -99,15 +101,42 @@ def _dvc(project: Path, *args: str) -> subprocess.CompletedProcess:
             env["BIGDEEP_FLOW_RUN_ID"] = str(flow_run.id)
     except Exception:  # noqa: BLE001 - outside a flow run there is simply no id
         pass
-    return subprocess.run(
+    proc = subprocess.run(
         [sys.executable, "-m", "dvc", *args], cwd=project, env=env, capture_output=True, text=True
     )
+    orchestration.mark(f"dvc {' '.join(args)}")
+    return proc
+
+
+def fresh_stages(project: Path) -> set[str]:
+    """The stages `dvc status` finds up to date: one DVC call instead of a `repro` per stage.
+
+    Valid until a stage runs: a stage that ran changes what its downstream stages depend on.
+    """
+    import yaml
+
+    proc = _dvc(project, "status", "--json")
+    if proc.returncode != 0:
+        return set()  # let each `dvc repro` decide (and report the problem)
+    changed = json.loads(proc.stdout or "{}")
+    stages = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
+    names = set()
+    for name, body in stages.items():
+        items = body.get("foreach") if isinstance(body, dict) else None
+        names |= {f"{name}@{item}" for item in items} if isinstance(items, list) else {name}
+    return names - set(changed)
 
 
 @task(name="reproduce")
-def reproduce(project_dir: str, stage: str) -> StageRun:
-    """`dvc repro -s <stage>`: run it when its deps, params or code changed, else skip."""
+def reproduce(project_dir: str, stage: str, fresh: bool = False) -> StageRun:
+    """`dvc repro -s <stage>`: run it when its deps, params or code changed, else skip.
+
+    fresh: `dvc status` found it up to date at the start of the run, and nothing ran before it.
+    """
     logger = get_run_logger()
+    if fresh:
+        logger.info("%s: unchanged, skipped", stage)
+        return StageRun(stage, False, 0, "up to date (dvc status)")
     proc = _dvc(Path(project_dir), "repro", "--single-item", stage)
     output = proc.stdout + proc.stderr
     ran = bool(re.search(rf"Running stage '{re.escape(stage)}'", output))
@@ -168,18 +197,18 @@ def scan(project_dir: str, dataset: str) -> bool:
 
 
 @task(name="ingest", retries=2, retry_delay_seconds=5)
-def ingest(project_dir: str, dataset: str) -> StageRun:
+def ingest(project_dir: str, dataset: str, fresh: bool = False) -> StageRun:
     """Reading the source is the one I/O-bound stage that may fail transiently: retried."""
-    result = reproduce.fn(project_dir, f"ingest@{dataset}")
+    result = reproduce.fn(project_dir, f"ingest@{dataset}", fresh)
     if result.returncode != 0:
         raise StageFailed(f"ingest@{dataset} failed:\n{result.output[-2000:]}")
     return result
 
 
 @task(name="gate")
-def gate(project_dir: str, dataset: str) -> tuple[StageRun, dict]:
+def gate(project_dir: str, dataset: str, fresh: bool = False) -> tuple[StageRun, dict]:
     """Run `validate@<dataset>` and read its report; a failed gate stops this dataset."""
-    result = reproduce.fn(project_dir, f"validate@{dataset}")
+    result = reproduce.fn(project_dir, f"validate@{dataset}", fresh)
     report_path = Path(project_dir) / stage_files(Path(project_dir), dataset).report
     report = json.loads(report_path.read_text()) if report_path.exists() else {}
     if report:
@@ -187,7 +216,9 @@ def gate(project_dir: str, dataset: str) -> tuple[StageRun, dict]:
 
         from bigdeep.quality.report import report_table
 
-        create_table_artifact(
+        orchestration.best_effort(
+            f"the {dataset} quality table",
+            create_table_artifact,
             table=report_table(report),
             key=f"quality-{dataset}",
             description=f"quality gate: {dataset}",
@@ -243,18 +274,25 @@ def pipeline(
     overrides: dotted params.yaml keys to set first, e.g. {"train.cnn.epochs": "3"}.
     """
     project = str(Path(project_dir).resolve())
+    _claim_and_reap(project)
     if overrides:
         apply_params(project, overrides)
     check_tracking(project)
     summaries = []
     failed_gates, errors = [], []
     for dataset in datasets or list(MODELS):
+        scan(project, dataset)
+    up_to_date = fresh_stages(Path(project))
+    for dataset in datasets or list(MODELS):
+        fresh = up_to_date  # emptied once a stage of this dataset runs
         s = DatasetSummary(dataset)
         summaries.append(s)
         try:
-            scan(project, dataset)
-            s.stages["ingest"] = _word(ingest(project, dataset))
-            run, report = gate(project, dataset)
+            stage = ingest(project, dataset, f"ingest@{dataset}" in fresh)
+            s.stages["ingest"] = _word(stage)
+            fresh = set() if stage.ran else fresh
+            run, report = gate(project, dataset, f"validate@{dataset}" in fresh)
+            fresh = set() if run.ran else fresh
             s.stages["validate"] = _word(run)
             s.gate_passed = bool(report.get("passed"))
             s.by_v, s.rows = report.get("by_v", {}), report.get("rows")
@@ -267,8 +305,9 @@ def pipeline(
                 (f"prepare@{dataset}", "prepare"),
                 (f"train_{model}", f"train_{model}"),
             ):
-                result = reproduce(project, stage)
+                result = reproduce(project, stage, stage in fresh)
                 s.stages[key] = _word(result)
+                fresh = set() if result.ran else fresh
                 if result.returncode != 0:
                     raise StageFailed(f"{stage} failed:\n{result.output[-2000:]}")
             s.model = model
@@ -280,10 +319,15 @@ def pipeline(
     if any(s.model and "ran" in s.stages.values() for s in summaries):  # something new to push
         push_data(project)
     text = summarize(project, summaries)
-    create_markdown_artifact(
-        markdown=text, key="bigdeep-summary", description="bigdeep pipeline summary"
-    )
     print(text)
+    orchestration.work_done(not failed_gates and not errors)
+    orchestration.best_effort(
+        "the summary artifact",
+        create_markdown_artifact,
+        markdown=text,
+        key="bigdeep-summary",
+        description="bigdeep pipeline summary",
+    )
     if failed_gates:
         raise GateFailed(
             f"quality gate failed for {', '.join(failed_gates)}: see the reports above"
@@ -310,6 +354,23 @@ def serve(
         parameters={"project_dir": project_dir, "datasets": datasets, "overrides": overrides or {}},
         global_limit=1,
     )
+
+
+def _claim_and_reap(project: str) -> None:
+    """Tag this flow run with its project and PID; mark the project's dead runs CRASHED."""
+    from prefect.runtime import flow_run
+
+    orchestration.work_done(None)
+    crashed = orchestration.best_effort(
+        "this run's PID tag", orchestration.claim_and_reap, Path(project), flow_run.id
+    )
+    if crashed:
+        get_run_logger().warning(
+            "marked %d flow run(s) CRASHED, their process is gone: %s",
+            len(crashed),
+            ", ".join(crashed),
+        )
+    orchestration.mark("flow run tagged, dead runs reaped")
 
 
 def _word(run: StageRun) -> str:

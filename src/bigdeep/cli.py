@@ -129,18 +129,38 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from bigdeep import orchestration
+
+    user_url = os.environ.get("PREFECT_API_URL")
     _use_servers(Path(args.project) / ".bigdeep" / "servers")
+    try:
+        print(orchestration.connect(user_url), flush=True)
+    except orchestration.PrefectUnavailable as e:
+        print(f"bigdeep run: error: {e}", file=sys.stderr)
+        return EXIT_FAILED
     # flows/ sits beside src/ in the checkout bigdeep is installed from (editable install).
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     from flows.pipeline import pipeline
 
-    state = pipeline(
-        project_dir=str(Path(args.project).resolve()),
-        datasets=args.datasets,
-        overrides=_overrides(args.set),
-        return_state=True,
-    )
-    return 0 if state.is_completed() else EXIT_FAILED
+    orchestration.mark("flow module imported (prefect, yaml)")
+    try:
+        state = pipeline(
+            project_dir=str(Path(args.project).resolve()),
+            datasets=args.datasets,
+            overrides=_overrides(args.set),
+            return_state=True,
+        )
+        code = 0 if state.is_completed() else EXIT_FAILED
+    except Exception as e:
+        failure = orchestration.startup_failure(e)
+        if failure is not None:
+            print(f"bigdeep run: error: {failure}", file=sys.stderr)
+            return EXIT_FAILED
+        if orchestration.work_outcome() is None:
+            raise
+        code = 0 if orchestration.work_outcome() else EXIT_FAILED
+    orchestration.mark("flow returned")
+    return orchestration.finish(code)
 
 
 def _overrides(pairs: list[str]) -> dict[str, str]:
