@@ -159,8 +159,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if orchestration.work_outcome() is None:
             raise
         code = 0 if orchestration.work_outcome() else EXIT_FAILED
-    orchestration.mark("flow returned")
-    return orchestration.finish(code)
+    orchestration.finish(code)  # ends the process: no teardown of the modules the flow loaded
 
 
 def _overrides(pairs: list[str]) -> dict[str, str]:
