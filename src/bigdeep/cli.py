@@ -143,6 +143,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from flows.pipeline import pipeline
 
     orchestration.mark("flow module imported (prefect, yaml)")
+    orchestration.quiet_outage_tracebacks()
     try:
         state = pipeline(
             project_dir=str(Path(args.project).resolve()),

@@ -177,6 +177,21 @@ def work_outcome() -> bool | None:
     return _OUTCOME.get("ok")
 
 
+class _NoOutageTraceback(logging.Filter):
+    """Prefect logs a lost server as a 40-line httpx traceback: keep its one-line message."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if error is not None and "Connect" in type(error).__name__:  # httpx.ConnectError & co
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def quiet_outage_tracebacks() -> None:
+    """Flow-run messages about a Prefect server that stopped answering: one line, no traceback."""
+    logging.getLogger("prefect.flow_runs").addFilter(_NoOutageTraceback())
+
+
 def best_effort(what: str, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """Run a Prefect API call; when the API fails, warn (what was lost, why) and return None."""
     try:
