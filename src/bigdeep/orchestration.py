@@ -214,11 +214,16 @@ def api_reachable() -> bool:
 
     url = PREFECT_API_URL.value()
     if not url:
-        from prefect.server.api.server import SubprocessASGIServer
-
-        servers = [s for s in SubprocessASGIServer._instances.values() if s.running]
+        servers = [s for s in _temporary_servers() if s.running]
         return bool(servers) and _answers(servers[0].api_url)
     return _answers(url)
+
+
+def _temporary_servers() -> list:
+    """Prefect's temporary servers started by this process (none unless its module is loaded:
+    importing it, the whole Prefect server, takes seconds)."""
+    module = sys.modules.get("prefect.server.api.server")
+    return list(module.SubprocessASGIServer._instances.values()) if module else []
 
 
 def finish(code: int) -> NoReturn:
@@ -246,10 +251,9 @@ def finish(code: int) -> NoReturn:
 
         for worker in (APILogWorker, EventsWorker):
             best_effort("the last logs and events", worker.drain_all, timeout=DRAIN_TIMEOUT_S)
-    from prefect.server.api.server import SubprocessASGIServer
-
-    for server in list(SubprocessASGIServer._instances.values()):
-        server.stop()  # the temporary server: never left behind
+            mark(f"{worker.__name__} drained")
+    for server in _temporary_servers():
+        server.stop()  # never left behind
     mark("exit")
     logging.shutdown()
     sys.stdout.flush()
