@@ -26,6 +26,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.states import Failed
 
+from bigdeep import orchestration
 from bigdeep.errors import (
     EXIT_CONFIG,
     EXIT_FAILED,
@@ -176,15 +177,42 @@ def _dvc(project: Path, *args: str) -> subprocess.CompletedProcess:
             env["BIGDEEP_FLOW_RUN_ID"] = str(flow_run.id)
     except Exception:  # noqa: BLE001 - outside a flow run there is simply no id
         pass
-    return subprocess.run(
+    proc = subprocess.run(
         [sys.executable, "-m", "dvc", *args], cwd=project, env=env, capture_output=True, text=True
     )
+    orchestration.mark(f"dvc {' '.join(args)}")
+    return proc
+
+
+def fresh_stages(project: Path) -> set[str]:
+    """The stages `dvc status` finds up to date: one DVC call instead of a `repro` per stage.
+
+    Valid until a stage runs: a stage that ran changes what its downstream stages depend on.
+    """
+    import yaml
+
+    proc = _dvc(project, "status", "--json")
+    if proc.returncode != 0:
+        return set()  # let each `dvc repro` decide (and report the problem)
+    changed = json.loads(proc.stdout or "{}")
+    stages = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
+    names = set()
+    for name, body in stages.items():
+        items = body.get("foreach") if isinstance(body, dict) else None
+        names |= {f"{name}@{item}" for item in items} if isinstance(items, list) else {name}
+    return names - set(changed)
 
 
 @task(name="reproduce")
-def reproduce(project_dir: str, stage: str) -> StageRun:
-    """`dvc repro -s <stage>`: run it when its deps, params or code changed, else skip."""
+def reproduce(project_dir: str, stage: str, fresh: bool = False) -> StageRun:
+    """`dvc repro -s <stage>`: run it when its deps, params or code changed, else skip.
+
+    fresh: `dvc status` found it up to date at the start of the run, and nothing ran before it.
+    """
     logger = get_run_logger()
+    if fresh:
+        logger.info("%s: unchanged, skipped", stage)
+        return StageRun(stage, False, 0, "up to date (dvc status)")
     proc = _dvc(Path(project_dir), "repro", "--single-item", stage)
     output = proc.stdout + proc.stderr
     ran = bool(re.search(rf"Running stage '{re.escape(stage)}'", output))
@@ -261,10 +289,10 @@ def scan(project_dir: str, dataset: str) -> bool:
 
 
 @task(name="ingest", retries=2, retry_delay_seconds=5, retry_condition_fn=_only_transient)
-def ingest(project_dir: str, dataset: str) -> StageRun:
+def ingest(project_dir: str, dataset: str, fresh: bool = False) -> StageRun:
     """Reading the source is the one I/O-bound stage that may fail transiently: retried then
     (a busy lock, the network); a deterministic failure is returned to the flow at once."""
-    result = reproduce.fn(project_dir, f"ingest@{dataset}")
+    result = reproduce.fn(project_dir, f"ingest@{dataset}", fresh)
     if result.returncode != 0:
         failure = stage_failure(f"ingest@{dataset}", dataset, result)
         if failure.transient:
@@ -273,9 +301,9 @@ def ingest(project_dir: str, dataset: str) -> StageRun:
 
 
 @task(name="gate")
-def gate(project_dir: str, dataset: str) -> tuple[StageRun, dict]:
+def gate(project_dir: str, dataset: str, fresh: bool = False) -> tuple[StageRun, dict]:
     """Run `validate@<dataset>` and read its report; a failed gate stops this dataset."""
-    result = reproduce.fn(project_dir, f"validate@{dataset}")
+    result = reproduce.fn(project_dir, f"validate@{dataset}", fresh)
     report_path = Path(project_dir) / stage_files(Path(project_dir), dataset).report
     report = json.loads(report_path.read_text()) if report_path.exists() else {}
     if report:
@@ -283,7 +311,9 @@ def gate(project_dir: str, dataset: str) -> tuple[StageRun, dict]:
 
         from bigdeep.quality.report import report_table
 
-        create_table_artifact(
+        orchestration.best_effort(
+            f"the {dataset} quality table",
+            create_table_artifact,
             table=report_table(report),
             key=f"quality-{dataset}",
             description=f"quality gate: {dataset}",
@@ -396,35 +426,45 @@ def pipeline(
     (one paragraph per failure; exit_code 3 when only quality gates failed).
     """
     project = str(Path(project_dir).resolve())
+    _claim_and_reap(project)
     try:
         check_tracking(project)
         if overrides:  # after the preflight checks: a run that cannot start changes nothing
             apply_params(project, overrides)
     except BigdeepError as e:
+        orchestration.work_done(False)
         return _failed([f"preflight failed: {describe(e)}"], e.exit_code)
-    summaries = []
+    summaries = [DatasetSummary(dataset) for dataset in datasets or list(MODELS)]
     failures: list[StageFailed] = []
-    for dataset in datasets or list(MODELS):
-        s = DatasetSummary(dataset)
-        summaries.append(s)
+    scanned = []
+    for s in summaries:  # every fingerprint first: `dvc status` then sees the new sources
         try:
-            _run_dataset(project, s)
+            _scan(project, s.dataset)
+            scanned.append(s)
         except StageFailed as e:
-            if e.stage.startswith(("scan", "ingest")):
-                e.notes = _drop_stale_report(project, dataset)
-            failures.append(e)
-            s.stages.setdefault(e.stage.split("@")[0], "failed")
+            _record(project, s, e, failures)
+    up_to_date = fresh_stages(Path(project))
+    for s in scanned:
+        try:
+            _run_dataset(project, s, set(up_to_date))
+        except StageFailed as e:
+            _record(project, s, e, failures)
     if any(s.model and "ran" in s.stages.values() for s in summaries):  # something new to push
         try:
             push_data(project)
         except StageFailed as e:
             failures.append(e)
     text = summarize(project, summaries)
-    create_markdown_artifact(
-        markdown=text, key="bigdeep-summary", description="bigdeep pipeline summary"
-    )
     print(text)
     gates = [s for s in summaries if s.gate_passed is False]
+    orchestration.work_done(not failures and not gates)
+    orchestration.best_effort(
+        "the summary artifact",
+        create_markdown_artifact,
+        markdown=text,
+        key="bigdeep-summary",
+        description="bigdeep pipeline summary",
+    )
     if failures or gates:
         paragraphs = [_stage_paragraph(e) for e in failures]
         paragraphs += [_gate_paragraph(project, s) for s in gates]
@@ -434,18 +474,33 @@ def pipeline(
     return [asdict(s) for s in summaries]
 
 
-def _run_dataset(project: str, s: DatasetSummary) -> None:
-    """One dataset through its stages; a StageFailed names the stage that stopped it."""
-    dataset = s.dataset
+def _scan(project: str, dataset: str) -> None:
     try:
         scan(project, dataset)
     except BigdeepError as e:  # the source cannot be read: named by the error
         raise StageFailed(describe(e), stage=f"scan@{dataset}", dataset=dataset) from None
-    run = ingest(project, dataset)
+
+
+def _record(project: str, s: DatasetSummary, e: StageFailed, failures: list) -> None:
+    if e.stage.startswith(("scan", "ingest")):
+        e.notes = _drop_stale_report(project, s.dataset)
+    failures.append(e)
+    s.stages.setdefault(e.stage.split("@")[0], "failed")
+
+
+def _run_dataset(project: str, s: DatasetSummary, fresh: set[str]) -> None:
+    """One dataset through its stages; a StageFailed names the stage that stopped it.
+
+    fresh: the stages `dvc status` found up to date; emptied once a stage of this dataset runs.
+    """
+    dataset = s.dataset
+    run = ingest(project, dataset, f"ingest@{dataset}" in fresh)
     s.stages["ingest"] = _word(run)
     if run.returncode != 0:
         raise stage_failure(f"ingest@{dataset}", dataset, run)
-    run, report = gate(project, dataset)
+    fresh = set() if run.ran else fresh
+    run, report = gate(project, dataset, f"validate@{dataset}" in fresh)
+    fresh = set() if run.ran else fresh
     s.stages["validate"] = _word(run)
     s.gate_passed = bool(report.get("passed"))
     s.by_v, s.rows = report.get("by_v", {}), report.get("rows")
@@ -457,8 +512,9 @@ def _run_dataset(project: str, s: DatasetSummary) -> None:
         return  # nothing is prepared, trained or registered on data that failed
     model = MODELS[dataset]
     for stage, key in ((f"prepare@{dataset}", "prepare"), (f"train_{model}", f"train_{model}")):
-        result = reproduce(project, stage)
+        result = reproduce(project, stage, stage in fresh)
         s.stages[key] = _word(result)
+        fresh = set() if result.ran else fresh
         if result.returncode != 0:
             raise stage_failure(stage, dataset, result)
     s.model = model
@@ -534,6 +590,23 @@ def serve(
         parameters={"project_dir": project_dir, "datasets": datasets, "overrides": overrides or {}},
         global_limit=1,
     )
+
+
+def _claim_and_reap(project: str) -> None:
+    """Tag this flow run with its project and PID; mark the project's dead runs CRASHED."""
+    from prefect.runtime import flow_run
+
+    orchestration.work_done(None)
+    crashed = orchestration.best_effort(
+        "this run's PID tag", orchestration.claim_and_reap, Path(project), flow_run.id
+    )
+    if crashed:
+        get_run_logger().warning(
+            "marked %d flow run(s) CRASHED, their process is gone: %s",
+            len(crashed),
+            ", ".join(crashed),
+        )
+    orchestration.mark("flow run tagged, dead runs reaped")
 
 
 def _word(run: StageRun) -> str:

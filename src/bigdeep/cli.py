@@ -138,6 +138,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from bigdeep import orchestration
     from bigdeep.errors import BigdeepError, RunFailed
     from bigdeep.runlock import clear_stale_dvc_locks, hold_run
 
@@ -151,12 +152,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         for line in clear_stale_dvc_locks(project):
             print(f"bigdeep run: {line}", file=sys.stderr)
         log = _run_log(project)
+        user_url = os.environ.get("PREFECT_API_URL")
         _use_servers(Path(args.project) / ".bigdeep" / "servers")
         _print_store(_settings(args), Path(args.project) / ".bigdeep" / "servers")
+        print(orchestration.connect(user_url), flush=True)  # PrefectUnavailable: one paragraph
         # flows/ sits beside src/ in the checkout bigdeep is installed from (editable install).
         sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
         from flows.pipeline import pipeline
 
+        orchestration.mark("flow module imported (prefect, yaml)")
+        orchestration.quiet_outage_tracebacks()
         handler = _log_to_file(log, debug=args.debug)
         try:
             state = pipeline(
@@ -165,6 +170,14 @@ def cmd_run(args: argparse.Namespace) -> int:
                 overrides=overrides,
                 return_state=True,
             )
+        except Exception as e:
+            failure = orchestration.startup_failure(e)
+            if failure is not None:
+                raise failure from None
+            if orchestration.work_outcome() is None:
+                raise
+            # the work is done; only Prefect's bookkeeping failed (a warning follows at exit)
+            return 0 if orchestration.work_outcome() else EXIT_FAILED
         finally:
             logging.getLogger().removeHandler(handler)
             handler.close()
@@ -537,6 +550,17 @@ def main(argv: list[str] | None = None) -> int:
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)
     args = build_parser().parse_args(argv)
+    code = _call(args)
+    if args.command == "run" and argv is None and "bigdeep.orchestration" in sys.modules:
+        # the console command: end as soon as Prefect has its last logs (no slow teardown of
+        # the modules the flow loaded); an in-process call (tests) returns the code instead
+        from bigdeep import orchestration
+
+        orchestration.finish(code)
+    return code
+
+
+def _call(args: argparse.Namespace) -> int:
     try:
         return args.func(args)
     except KeyboardInterrupt:

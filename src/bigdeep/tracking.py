@@ -132,6 +132,7 @@ def start_run(
         extra["bigdeep.dvc_experiment"] = os.environ["DVC_EXP_NAME"]
     if run_id is not None:
         run = mlflow.start_run(run_id=run_id)
+        mlflow.set_tags(extra)  # the flow run that finishes it, not the one that died
     else:
         run = mlflow.start_run(experiment_id=exp_id, run_name=run_name, tags={**tags, **extra})
     try:

@@ -1,0 +1,110 @@
+"""Wall-clock of the small commands and of a rerun with nothing changed (issue 10, items 1-2).
+
+    python tests/benchmarks/bench_cli.py                       # quiet machine
+    python tests/benchmarks/bench_cli.py --load 2              # with two CPU-burning loops
+    python tests/benchmarks/bench_cli.py --src /work/main/src  # another checkout's code, side by side
+    python tests/benchmarks/bench_cli.py --server              # reruns through a running Prefect server
+
+A small project (the e2e tests' SMALL slice) is made once under --project and run once;
+then every command is timed --repeats times in a fresh process, and the median printed:
+`bigdeep --help`, `servers status`, `lineage bigdeep-cnn@champion`, and `bigdeep run`
+(nothing changed: every stage skipped). Targets: small commands <= 3 s, the rerun <= 10 s.
+`BIGDEEP_PROFILE=1` makes `bigdeep run` print where its time went (stderr, `profile:` lines).
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _burn(_: int) -> None:
+    while True:
+        pass
+
+
+def _env(src: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = f"{src}{os.pathsep}{src.parent}"
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def _time(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, str]:
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    took = time.perf_counter() - start
+    if proc.returncode not in (0, 1):  # `servers status` with no servers recorded exits 1
+        raise SystemExit(f"{cmd} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return took, proc.stdout + proc.stderr
+
+
+def _project(path: Path, env: dict[str, str]) -> Path:
+    if (path / "dvc.lock").exists():
+        return path
+    sys.path.insert(0, str(ROOT))
+    import yaml
+
+    from tests.e2e.helpers import SMALL, make_project
+
+    make_project(path, yaml.safe_load(yaml.safe_dump(SMALL)))
+    print(f"first run in {path} (trains both models) ...", flush=True)
+    took, out = _time([sys.executable, "-m", "bigdeep.cli", "run"], path, env)
+    print(f"  first run: {took:.1f} s")
+    return path
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--project", type=Path, default=Path("/tmp/bigdeep-bench-cli"))
+    ap.add_argument("--src", type=Path, default=ROOT / "src", help="the bigdeep code to time")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--load", type=int, default=0, help="CPU-burning loops during the timings")
+    ap.add_argument("--server", action="store_true", help="start `bigdeep servers up` first")
+    args = ap.parse_args()
+
+    env = _env(args.src.resolve())
+    env.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{args.project / 'mlflow.db'}")
+    project = _project(args.project, env)
+    bigdeep = [sys.executable, "-m", "bigdeep.cli"]
+    if args.server:
+        _time([*bigdeep, "servers", "up"], project, env)
+    cases = {
+        "--help": [*bigdeep, "--help"],
+        "servers status": [*bigdeep, "servers", "status"],
+        "lineage": [*bigdeep, "lineage", "bigdeep-cnn@champion"],
+        "run (nothing changed)": [*bigdeep, "run"],
+    }
+    burners = [
+        multiprocessing.Process(target=_burn, args=(i,), daemon=True) for i in range(args.load)
+    ]
+    for b in burners:
+        b.start()
+    try:
+        print(f"code {args.src}, load {args.load} loops, {args.repeats} repeats, median s")
+        for name, cmd in cases.items():
+            runs = [
+                _time(cmd, project, {**env, "BIGDEEP_PROFILE": "1"}) for _ in range(args.repeats)
+            ]
+            took = statistics.median(t for t, _ in runs)
+            print(f"  {name:<24} {took:6.1f}   (each: {', '.join(f'{t:.1f}' for t, _ in runs)})")
+            if name.startswith("run"):
+                profile = [ln for ln in runs[-1][1].splitlines() if "profile:" in ln]
+                print("\n".join(f"      {ln.strip()}" for ln in profile) or "      (no profile)")
+    finally:
+        for b in burners:
+            b.kill()
+        if args.server:
+            _time([*bigdeep, "servers", "down"], project, env)
+
+
+if __name__ == "__main__":
+    main()
