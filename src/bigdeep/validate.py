@@ -29,6 +29,7 @@ from pathlib import Path
 import pandas as pd
 
 from bigdeep.config import Settings
+from bigdeep.errors import UsageError
 from bigdeep.quality.docs import write_docs
 from bigdeep.quality.drift import load_reference, write_reference
 from bigdeep.quality.gate import (
@@ -45,7 +46,7 @@ REFERENCE_DIR = Path("data/reference")  # default of `bigdeep validate --referen
 def reference_path(references_dir: Path, identity: str) -> Path:
     """The accepted reference profile of one dataset identity, in its slot's folder."""
     if references_dir.suffix == ".json" or references_dir.is_file():
-        raise ValueError(
+        raise UsageError(
             f"--reference {references_dir}: expected the folder of reference profiles "
             f"(one <identity>.json each, e.g. data/reference/images), not a file"
         )

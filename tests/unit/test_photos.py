@@ -131,7 +131,7 @@ def _ingest_and_validate(capsys) -> tuple[int, str, dict, pd.DataFrame]:
             "--quarantine",
             "data/quarantine/images",
             "--reference",
-            "data/reference/images.json",
+            "data/reference/images",
         ]
     )
     report = json.loads(Path("reports/quality/images.json").read_text())

@@ -217,7 +217,7 @@ def test_write_report_is_stable_json(tmp_path: Path):
     assert path == tmp_path / "reports" / "images.json"
     first = path.read_bytes()
     assert json.loads(first) == result.report
-    assert list(json.loads(first))[:3] == ["dataset", "passed", "rows"]
+    assert list(json.loads(first))[:4] == ["dataset", "identity", "passed", "rows"]
     write_report(result, tmp_path / "reports")
     assert path.read_bytes() == first
 

@@ -209,6 +209,13 @@ class Project:
         path = self.root / "reports" / "quality" / "series.json"
         return code, captured.err, json.loads(path.read_text()) if path.exists() else None
 
+    def reference(self) -> Path:
+        """Where the gate keeps the accepted profile of this source's dataset identity."""
+        from bigdeep.config import load_settings
+
+        identity = load_settings(self.root / "params.yaml").data.series.identity
+        return self.root / "data" / "reference" / "series" / f"{identity}.json"
+
     def quarantined(self) -> tuple[list[tuple[str, ...]], pd.DataFrame]:
         reasons = pd.read_parquet(self.root / "q" / "reasons.parquet")
         return sorted(reasons.itertuples(index=False, name=None)), pd.read_parquet(
@@ -236,13 +243,13 @@ def test_cli_spike_without_a_reference_fails_naming_row_and_fix(project: Project
     reasons, records = project.quarantined()
     assert reasons == [("17", "Demand_outlier", "4600000")]
     assert records["row"].tolist() == [17] and records["Demand"].tolist() == [4_600_000.0]
-    assert not (project.root / "data" / "reference" / "series.json").exists()  # not accepted
+    assert not (project.reference()).exists()  # not accepted
 
 
 def test_cli_spike_against_the_accepted_reference(project: Project):
     project.write(series())
     assert project.run()[0] == 0
-    reference = project.root / "data" / "reference" / "series.json"
+    reference = project.reference()
     accepted = json.loads(reference.read_text())
     assert accepted["robust"]["Demand"]["median"] == pytest.approx(series()["Demand"].median())
 

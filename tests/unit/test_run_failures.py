@@ -379,7 +379,7 @@ def test_bigdeep_validate_lists_each_failed_check_once_with_its_count(
             "--quarantine",
             "quarantine",
             "--reference",
-            "none.json",
+            "none",
         ]
     )
     err = capsys.readouterr().err
