@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bigdeep.quality.ranges import FINITE
 from bigdeep.quality.suites import VS, gx_context
 from bigdeep.quality.timeline import DERIVED, ZONE_COLUMN, duration_text
 
@@ -367,7 +368,9 @@ def _suite_result(name: str, passed: bool, outcomes: list[_Outcome]) -> Any:
 
 
 def _context(table: Table, column: str | None, result: dict[str, Any]) -> dict[str, Any]:
-    columns = [str(c) for c in table.frame.columns if c not in DERIVED]  # the source's own
+    columns = [  # the source's own
+        str(c) for c in table.frame.columns if c not in DERIVED and not str(c).endswith(FINITE)
+    ]
     hint = ""
     if column is not None and column not in table.frame and table.expected:
         others = [c for c in columns if c not in table.expected and c != ZONE_COLUMN]

@@ -45,7 +45,7 @@ from bigdeep.quality.profile import (
     iter_image_profiles,
     shard_paths,
 )
-from bigdeep.quality.ranges import RobustSample, hashes, value_ranges
+from bigdeep.quality.ranges import RobustSample, add_finite_columns, hashes, value_ranges
 from bigdeep.quality.suites import (
     CLASS_COLUMNS,
     DRIFT_COLUMNS,
@@ -361,7 +361,9 @@ def _gate_series(
         numeric = frozenset(c for c in values if c in frame and _numeric(frame[c]))
         if numeric not in suites:
             suites[numeric] = series_suite(data, s, timeline, numeric, ranges)
-        run.validate(suites[numeric], Table(deriver.derive(frame), "row", ts, "rows", required))
+        table = deriver.derive(frame)
+        add_finite_columns(table, [c for c in numeric if ranges[c].checked])
+        run.validate(suites[numeric], Table(table, "row", ts, "rows", required))
         rows += len(frame)
         for c in values:
             if c in frame:

@@ -26,10 +26,25 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
+FINITE = " (finite)"  # suffix of the copy of a value column that the range checks read
 SAMPLE = 2**19  # values kept per column: between SAMPLE and 2 x SAMPLE (16 bytes each)
 MAD_TO_SIGMA = 1.4826  # a normal distribution's sigma is 1.4826 x its median absolute deviation
 Q99_TO_SIGMA = 2.3263  # ... and its 99th percentile lies 2.3263 sigma above its median
+
+
+def finite_column(column: str) -> str:
+    return column + FINITE
+
+
+def add_finite_columns(frame: pd.DataFrame, columns: list[str]) -> None:
+    """Add `<column> (finite)`: the column's numbers with inf and -inf as null. The range
+    checks read it, so an infinite value is named once, by `<column>_finite`. (A GX
+    row_condition would do the same at ~40% of the series gate's time.)"""
+    for c in columns:
+        v = frame[c].to_numpy(dtype=np.float64, na_value=np.nan)
+        frame[finite_column(c)] = np.where(np.isinf(v), np.nan, v)
 
 
 def hashes(start: int, n: int) -> np.ndarray:
@@ -126,6 +141,10 @@ class ValueRange:
     @property
     def bounded(self) -> bool:
         return self.bound_low is not None or self.bound_high is not None
+
+    @property
+    def checked(self) -> bool:
+        return self.robust or self.bounded
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -30,7 +30,7 @@ import numpy as np
 
 from bigdeep.config import ImagePrepare, ImageQuality, SeriesData, SeriesQuality
 from bigdeep.quality.profile import PROFILE_COLUMNS, mode_bands
-from bigdeep.quality.ranges import ValueRange
+from bigdeep.quality.ranges import ValueRange, finite_column
 from bigdeep.quality.timeline import Timeline
 
 if TYPE_CHECKING:
@@ -774,10 +774,10 @@ def _in_range(r: ValueRange, s: SeriesQuality) -> list[Any]:
 
     c, checks = r.column, []
     key = f"quality.series.bounds.{c}"
-    # inf, -inf (and NaN) are `<c>_finite`'s (and `<c>_present`'s) to name, not these checks'
-    finite: dict[str, str] = {}
-    if "`" not in c:  # pandas' query quotes a column name in backticks
-        finite = {"row_condition": f"`{c}`.abs() < inf", "condition_parser": "pandas"}
+    name = c.replace("{", "{{").replace("}", "}}")  # in a sentence the gate formats
+    key_said = f"quality.series.bounds.{name}"
+    # They read `<c> (finite)`: inf and -inf are `<c>_finite`'s to name, NaN `<c>_present`'s.
+    finite = finite_column(c)
     if r.bounded:
         bounds = f"[{_number(r.bound_low)}, {_number(r.bound_high)}]"
         checks.append(
@@ -789,13 +789,12 @@ def _in_range(r: ValueRange, s: SeriesQuality) -> list[Any]:
                 record_level=True,
                 notes=f"every {c} is within {bounds} ({key} in params.yaml)",
                 says=(
-                    f"row {{key}} ({{ts}}) {{column}} is {{value}}, outside {key} = {bounds}: "
+                    f"row {{key}} ({{ts}}) {name} is {{value}}, outside {key_said} = {bounds}: "
                     f"correct the row at the source, or change the bound in params.yaml"
                 ),
-                column=c,
+                column=finite,
                 min_value=r.bound_low,
                 max_value=r.bound_high,
-                **finite,
             )
         )
     if r.robust:
@@ -813,14 +812,14 @@ def _in_range(r: ValueRange, s: SeriesQuality) -> list[Any]:
                 record_level=True,
                 notes=f"every {c} is within {accepted} ({how})",
                 says=(
-                    f"row {{key}} ({{ts}}) {{column}} is {{value}}, far outside the accepted range {accepted} ({how}): "
-                    f"correct the row at the source; if the value is real, set {key}: [low, high] "
+                    f"row {{key}} ({{ts}}) {name} is {{value}}, far outside the accepted range "
+                    f"{accepted} ({how}): "
+                    f"correct the row at the source; if the value is real, set {key_said}: [low, high] "
                     "in params.yaml (it replaces this range) or raise max_robust_z"
                 ),
-                column=c,
+                column=finite,
                 min_value=r.low,
                 max_value=r.high,
-                **finite,
             )
         )
     return checks
