@@ -156,15 +156,16 @@ def test_server_killed_then_rerun_resumes_and_sends_the_metrics(images, tmp_path
     for key in ("train_loss", "val_loss"):
         assert epochs_logged(client, run.info.run_id, key) == [0, 1, 2]
     assert not (ckpt / "unsent_metrics.json").exists()
-    champion = client.get_model_version_by_alias("bigdeep-cnn", "champion")
-    assert champion.run_id == run.info.run_id
+    # registered once the server was back (champion or not: the sanity floor decides)
+    (version,) = client.search_model_versions(f"run_id = '{run.info.run_id}'")
+    assert version.name == "bigdeep-cnn"
 
     # one store: read without the server, through params.yaml's sqlite:///mlflow.db in this
     # folder, lineage names that store and shows the same model the server registered
     mlflow_server.kill()
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     shown = subprocess.run(
-        [*train_cmd(images)[:3], "lineage", "bigdeep-cnn@champion"],
+        [*train_cmd(images)[:3], "lineage", f"bigdeep-cnn@{version.version}"],
         cwd=tmp_path,
         env=env,
         capture_output=True,

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from bigdeep.config import ConfigError, dataset_identity, default_identity, load_settings
+from bigdeep.errors import UsageError
 from bigdeep.registry import registered_name
 from bigdeep.validate import reference_path
 
@@ -42,5 +43,5 @@ def test_a_bad_name_is_a_config_error_naming_the_key(tmp_path: Path):
 def test_the_reference_is_one_file_per_identity_in_the_slots_folder(tmp_path: Path):
     folder = tmp_path / "reference" / "images"
     assert reference_path(folder, "mnist") == folder / "mnist.json"
-    with pytest.raises(ValueError, match="expected the folder of reference profiles"):
+    with pytest.raises(UsageError, match="expected the folder of reference profiles"):
         reference_path(tmp_path / "reference" / "images.json", "mnist")  # the old layout
