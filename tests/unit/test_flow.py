@@ -169,3 +169,23 @@ def test_summary_says_first_version_and_shapes_as_validate_does(tmp_path):
     text = summarize.fn(str(tmp_path), [DatasetSummary("images", gate_passed=True, notes=notes)])
     assert "\n- drift: first version of folder-photos-e5acf4: no drift or drop checks yet\n" in text
     assert "\n- shapes: 2 size(s), height 85..301" in text
+
+
+def test_a_failed_ingest_shows_no_version_rather_than_the_last_good_datas(tmp_path):
+    """After `ingest@images` failed, the summary said "gate not run, version <md5>": the md5
+    dvc.lock still held, of the previous source's data, not of anything this run read."""
+    (tmp_path / "dvc.yaml").write_text((ROOT / "dvc.yaml").read_text())
+    (tmp_path / "dvc.lock").write_text(
+        yaml.safe_dump(
+            {
+                "schema": "2.0",
+                "stages": {
+                    "ingest@images": {"outs": [{"path": "data/raw/images", "md5": "old.dir"}]}
+                },
+            }
+        )
+    )
+    failed = DatasetSummary("images", stages={"ingest": "failed"})
+    assert "## images: gate not run, version -\n" in summarize.fn(str(tmp_path), [failed])
+    skipped = DatasetSummary("images", gate_passed=True, stages={"ingest": "skipped"})
+    assert "## images: gate PASSED, version old.dir\n" in summarize.fn(str(tmp_path), [skipped])
