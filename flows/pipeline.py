@@ -340,7 +340,7 @@ def summarize(project_dir: str, summaries: list[DatasetSummary]) -> str:
     lines = ["# bigdeep pipeline", ""]
     for s in summaries:
         s.version = outs.get(stage_files(Path(project_dir), s.dataset).raw)
-        if s.stages.get("ingest") == "failed":  # dvc.lock still names the last good data's
+        if "failed" in (s.stages.get("scan"), s.stages.get("ingest")):  # dvc.lock: the last data's
             s.version = None
         gate_word = {True: "PASSED", False: "FAILED", None: "not run"}[s.gate_passed]
         lines += [f"## {s.dataset}: gate {gate_word}, version {s.version or '-'}", ""]

@@ -185,7 +185,8 @@ def test_a_failed_ingest_shows_no_version_rather_than_the_last_good_datas(tmp_pa
             }
         )
     )
-    failed = DatasetSummary("images", stages={"ingest": "failed"})
-    assert "## images: gate not run, version -\n" in summarize.fn(str(tmp_path), [failed])
+    for stages in ({"ingest": "failed"}, {"scan": "failed"}):
+        failed = DatasetSummary("images", stages=stages)
+        assert "## images: gate not run, version -\n" in summarize.fn(str(tmp_path), [failed])
     skipped = DatasetSummary("images", gate_passed=True, stages={"ingest": "skipped"})
     assert "## images: gate PASSED, version old.dir\n" in summarize.fn(str(tmp_path), [skipped])
