@@ -76,6 +76,7 @@ class DatasetSummary:
     run: dict = field(default_factory=dict)  # MLflow run id, model URI, registry decision
     stages: dict[str, str] = field(default_factory=dict)
     failed_checks: list[str] = field(default_factory=list)  # grouped, most important first
+    notes: list[str] = field(default_factory=list)  # the report's shapes and drift lines
 
 
 @dataclass(frozen=True)
@@ -339,6 +340,8 @@ def summarize(project_dir: str, summaries: list[DatasetSummary]) -> str:
     lines = ["# bigdeep pipeline", ""]
     for s in summaries:
         s.version = outs.get(stage_files(Path(project_dir), s.dataset).raw)
+        if "failed" in (s.stages.get("scan"), s.stages.get("ingest")):  # dvc.lock: the last data's
+            s.version = None
         gate_word = {True: "PASSED", False: "FAILED", None: "not run"}[s.gate_passed]
         lines += [f"## {s.dataset}: gate {gate_word}, version {s.version or '-'}", ""]
         if s.rows is not None:
@@ -346,6 +349,7 @@ def summarize(project_dir: str, summaries: list[DatasetSummary]) -> str:
         for v, c in s.by_v.items():
             if c["passed"] or c["failed"]:  # a V with no check for this dataset says nothing
                 lines.append(f"- {v}: {c['passed']} passed, {c['failed']} failed")
+        lines += [f"- {note}" for note in s.notes]
         lines += [f"- failed check: {line}" for line in s.failed_checks]
         if not s.failed_checks:  # a report without per-check data
             lines += [f"- failure: {printable(f)}" for f in s.failures[:10]]
@@ -356,6 +360,18 @@ def summarize(project_dir: str, summaries: list[DatasetSummary]) -> str:
         if s.model and s.metrics:
             lines += _metrics_table(s.model, s.metrics)
     return "\n".join(lines)
+
+
+def report_notes(report: dict) -> list[str]:
+    """From a quality report, as `bigdeep validate` prints them: the sizes and modes seen and the
+    conversion (images), and drift against the last accepted version, or "first version of
+    <identity>: no drift or drop checks yet" when the source starts a new history."""
+    from bigdeep.quality.report import shapes_line, summary_lines
+
+    if "by_v" not in report:  # no report (the gate did not run)
+        return []
+    lines = [shapes_line(report), summary_lines(report)[-1]]
+    return [": ".join(line.split(None, 1)) for line in lines if line]
 
 
 def _model_lines(s: DatasetSummary, store: str) -> list[str]:
@@ -505,6 +521,7 @@ def _run_dataset(project: str, s: DatasetSummary, fresh: set[str]) -> None:
     s.gate_passed = bool(report.get("passed"))
     s.by_v, s.rows = report.get("by_v", {}), report.get("rows")
     s.quarantined, s.failures = report.get("quarantined"), report.get("failures", [])
+    s.notes = report_notes(report)
     if not s.gate_passed:
         from bigdeep.quality.report import failure_lines
 

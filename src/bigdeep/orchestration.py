@@ -237,8 +237,10 @@ def finish(code: int) -> NoReturn:
     With the server gone there is nothing to deliver: a warning says what was not recorded.
     """
     mark("flow returned")
-    reachable = api_reachable()
-    if not reachable:
+    # nothing was sent to Prefect when it was never imported (a --set or lock error before the
+    # flow), and a lost server only matters to say so once the flow's work is done
+    reachable = "prefect" in sys.modules and api_reachable()
+    if not reachable and work_outcome() is not None:
         print(
             "warning: the Prefect server stopped answering during the run. The work is done and "
             "the summary above is complete; the flow run's final state was not recorded in Prefect "
@@ -247,7 +249,7 @@ def finish(code: int) -> NoReturn:
             file=sys.stderr,
             flush=True,
         )
-    else:
+    elif reachable:
         from prefect.events.worker import EventsWorker
         from prefect.logging.handlers import APILogWorker
 

@@ -276,15 +276,57 @@ def series_mae_scorer(dm) -> Callable[[str], float]:
 
 def resolve(client, ref: str):
     """`name@alias` or `name@3` or `name/3` -> (model version, run)."""
+    from mlflow.exceptions import MlflowException
+
+    from bigdeep.errors import BigdeepError, UsageError
+
     name, sep, which = ref.replace("/", "@").partition("@")
-    if not sep or not which:
-        raise ValueError(f"{ref!r}: expected <model>@<alias|version>, e.g. bigdeep-cnn@champion")
-    mv = (
-        client.get_model_version(name, which)
-        if which.isdigit()
-        else client.get_model_version_by_alias(name, which)
-    )
+    if not sep or not name or not which:
+        raise UsageError(f"{ref!r}: expected <model>@<alias|version>, e.g. bigdeep-cnn@champion")
+    try:
+        mv = (
+            client.get_model_version(name, which)
+            if which.isdigit()
+            else client.get_model_version_by_alias(name, which)
+        )
+    except MlflowException as e:
+        if "not found" not in str(e) and e.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        raise BigdeepError(_not_found(client, name, which)) from e
     return mv, client.get_run(mv.run_id)
+
+
+def _not_found(client, name: str, which: str) -> str:
+    """What a model reference that names nothing should have said, with what does exist."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        versions = sorted(
+            client.search_model_versions(f"name='{name}'"), key=lambda v: int(v.version)
+        )
+    except MlflowException:
+        versions = []
+    if not versions:
+        names = sorted(m.name for m in client.search_registered_models())
+        return (
+            f"no registered model named {name!r} in this store (registered: "
+            f"{', '.join(names) or 'none'}); the name is bigdeep-<model>[-<dataset identity>], "
+            "as printed by `bigdeep run` on its registry line"
+        )
+    aliases: dict[str, list[str]] = {}
+    for alias, version in client.get_registered_model(name).aliases.items():
+        aliases.setdefault(str(version), []).append(alias)
+    listed = ", ".join(
+        f"v{v.version} ({', '.join(sorted(aliases.get(str(v.version), []))) or 'no alias'})"
+        for v in versions
+    )
+    if which.isdigit():
+        return f"{name} has no version {which} (it has {listed}): use one of those, e.g. {name}@{versions[-1].version}"
+    return (
+        f"{name} has no version with the alias {which!r} (it has {listed}). A model becomes "
+        f"champion only when it beats the sanity floor and the current champion (the run's "
+        f"registry line says why not): name a version instead, e.g. {name}@{versions[-1].version}"
+    )
 
 
 def lineage(client, ref: str) -> dict:

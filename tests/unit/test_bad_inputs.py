@@ -279,7 +279,11 @@ CASES = {
         "images",
         add_image("cat/x.png", png(digit(107))),
         0,
-        ['images: record "cat/x.png" has label "cat", not one of the classes 0, 1, 2'],
+        [
+            'images: record "cat/x.png" has label "cat", not one of the classes 0, 1, 2 (a folder '
+            "source's labels are its subfolder names: if this is a class, list it in "
+            "quality.images.classes in params.yaml)"
+        ],
         {"cat/x.png": {"label_in_classes"}},
     ),
     "exact-duplicate": Case(

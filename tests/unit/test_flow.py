@@ -133,3 +133,60 @@ def test_dvc_metrics_lead_with_the_models_then_the_quality_reports(tmp_path):
         "reports/quality/images.json",
         "reports/quality/series.json",
     ]
+
+
+def test_summary_says_first_version_and_shapes_as_validate_does(tmp_path):
+    """`bigdeep run` printed neither "first version of <identity>" nor the sizes and modes seen
+    (only the stage's log held them); the summary now carries the report's lines."""
+    from flows.pipeline import report_notes
+
+    (tmp_path / "dvc.yaml").write_text((ROOT / "dvc.yaml").read_text())
+    (tmp_path / "dvc.lock").write_text(yaml.safe_dump({"schema": "2.0", "stages": {}}))
+    report = {
+        "dataset": "images",
+        "passed": True,
+        "rows": 45,
+        "quarantined": 0,
+        "by_v": {"volume": {"passed": 3, "failed": 0}},
+        "drift": {"note": "first version of folder-photos-e5acf4: no drift or drop checks yet"},
+        "shapes": {
+            "sizes": [{"size": "220x234", "records": 2}],
+            "other_sizes": 1,
+            "other_records": 1,
+            "height_range": [85, 301],
+            "width_range": [86, 397],
+            "modes": [{"mode": "RGB", "records": 3}],
+            "conversion": "resized to 64x64 (height x width, crop) and converted to mode RGB",
+        },
+    }
+    notes = report_notes(report)
+    assert notes == [
+        "shapes: 2 size(s), height 85..301, width 86..397 (most common 220x234: 2); mode(s) RGB 3; "
+        "conversion: resized to 64x64 (height x width, crop) and converted to mode RGB",
+        "drift: first version of folder-photos-e5acf4: no drift or drop checks yet",
+    ]
+    assert report_notes({}) == []  # the gate did not run: no report
+    text = summarize.fn(str(tmp_path), [DatasetSummary("images", gate_passed=True, notes=notes)])
+    assert "\n- drift: first version of folder-photos-e5acf4: no drift or drop checks yet\n" in text
+    assert "\n- shapes: 2 size(s), height 85..301" in text
+
+
+def test_a_failed_ingest_shows_no_version_rather_than_the_last_good_datas(tmp_path):
+    """After `ingest@images` failed, the summary said "gate not run, version <md5>": the md5
+    dvc.lock still held, of the previous source's data, not of anything this run read."""
+    (tmp_path / "dvc.yaml").write_text((ROOT / "dvc.yaml").read_text())
+    (tmp_path / "dvc.lock").write_text(
+        yaml.safe_dump(
+            {
+                "schema": "2.0",
+                "stages": {
+                    "ingest@images": {"outs": [{"path": "data/raw/images", "md5": "old.dir"}]}
+                },
+            }
+        )
+    )
+    for stages in ({"ingest": "failed"}, {"scan": "failed"}):
+        failed = DatasetSummary("images", stages=stages)
+        assert "## images: gate not run, version -\n" in summarize.fn(str(tmp_path), [failed])
+    skipped = DatasetSummary("images", gate_passed=True, stages={"ingest": "skipped"})
+    assert "## images: gate PASSED, version old.dir\n" in summarize.fn(str(tmp_path), [skipped])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -24,6 +25,8 @@ from bigdeep.registry import (
     restore_dir,
 )
 from tests.e2e.helpers import run
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize(
@@ -263,3 +266,45 @@ def test_restore_without_any_intact_copy_says_so_and_leaves_the_data(tmp_path):
         restore_dir(md5, repo / "data" / "d", [cache, remote], repair=cache)
     assert (repo / "data" / "d" / "b.bin").read_bytes() == b"beta"  # untouched
     assert not (repo / "data" / "d.restore.tmp").exists()
+
+
+def test_a_reference_to_nothing_says_what_exists_without_a_traceback(mlflow_uri, tmp_path):
+    """`bigdeep lineage bigdeep-rnn@champion` when the only RNN stayed under the floor was an
+    MlflowException traceback; it now names the versions and their aliases (exit 1), and a
+    malformed reference is a usage error (exit 2)."""
+    import subprocess
+
+    from mlflow.tracking import MlflowClient
+
+    from bigdeep.errors import BigdeepError, UsageError
+
+    client = MlflowClient(mlflow_uri)
+    run_id = client.create_run(client.create_experiment("refs")).info.run_id
+    client.create_registered_model("m")
+    for _ in range(2):
+        client.create_model_version("m", source=f"runs:/{run_id}/model", run_id=run_id)
+    client.set_registered_model_alias("m", CHAMPION, "1")
+
+    assert lineage(client, "m@champion")["model"] == "m v1"
+    with pytest.raises(BigdeepError) as alias:
+        lineage(client, "m@challenger")
+    assert str(alias.value).startswith(
+        "m has no version with the alias 'challenger' (it has v1 (champion), v2 (no alias))."
+    )
+    with pytest.raises(BigdeepError, match=r"^m has no version 7 \(it has v1 \(champion\), v2"):
+        lineage(client, "m@7")
+    with pytest.raises(BigdeepError, match=r"^no registered model named 'nope' .*registered: m\)"):
+        lineage(client, "nope@champion")
+    with pytest.raises(UsageError, match="expected <model>@<alias|version>"):
+        lineage(client, "m@")
+
+    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT}"}
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    cli = [sys.executable, "-m", "bigdeep.cli", "lineage"]
+    proc = subprocess.run(
+        [*cli, "m@challenger"], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "bigdeep lineage: error: m has no version with the alias 'challenger'" in proc.stderr
+    proc = subprocess.run([*cli, "m"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr

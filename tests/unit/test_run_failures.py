@@ -79,6 +79,22 @@ def test_a_bad_set_value_exits_2_before_anything_starts(tmp_path):
 
 
 @pytest.mark.slow
+def test_the_console_command_says_only_the_config_error_for_a_bad_set_value(tmp_path):
+    """`bigdeep run` (the console path, which ends through orchestration.finish) used to add
+    "the Prefect server stopped answering during the run. The work is done..." to a --set
+    error: no server was used and no work was done."""
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    proc = _bigdeep(
+        "run", "--project", str(tmp_path), "--set", "train.cnn.epochs=abc", cwd=tmp_path
+    )
+    assert proc.returncode == EXIT_CONFIG
+    assert proc.stderr.splitlines() == [
+        f"bigdeep run: config error: {tmp_path / 'params.yaml'}: 1 invalid setting(s) after --set",
+        "  train.cnn.epochs: Input should be a valid integer, unable to parse string as an "
+        "integer (got 'abc')",
+    ]
+
+
 def test_lightning_config_errors_are_recognised_without_importing_lightning():
     from lightning_fabric.utilities.exceptions import MisconfigurationException
 

@@ -490,7 +490,9 @@ def _image_validity(s: ImageQuality, c: ImagePrepare) -> list[Any]:
             critical=False,
             record_level=True,
             notes=f"every label is one of the classes: {classes}",
-            says=f'record "{{key}}" has label {{value_repr}}, not one of the classes {classes}',
+            says=f'record "{{key}}" has label {{value_repr}}, not one of the classes {classes} '
+            "(a folder source's labels are its subfolder names: if this is a class, list it in "
+            "quality.images.classes in params.yaml)",
             column="label",
             value_set=list(s.classes),
         ),
