@@ -36,16 +36,11 @@ class Strict(BaseModel):
 # --- data sources --------------------------------------------------------------------------
 
 
-class ImageData(Strict):
-    source: str = "builtin:mnist"  # builtin:mnist | folder:<dir> | idx:<dir>
-    name: str | None = None  # dataset identity; null: derived from the source (dataset_identity)
-    per_class: int | None = Field(500, ge=1)  # cap per class at ingest; null keeps all
-    shard_rows: int = Field(2000, ge=1)
+class _Identified(Strict):
+    """A dataset slot's source and the identity its history belongs to."""
 
-    @field_validator("source")
-    @classmethod
-    def _known_scheme(cls, v: str) -> str:
-        return _check_scheme(v, ("builtin", "folder", "idx"))
+    source: str
+    name: str | None = None  # dataset identity; null: derived from the source (dataset_identity)
 
     @field_validator("name")
     @classmethod
@@ -57,7 +52,18 @@ class ImageData(Strict):
         return dataset_identity(self.source, self.name)
 
 
-class SeriesData(Strict):
+class ImageData(_Identified):
+    source: str = "builtin:mnist"  # builtin:mnist | folder:<dir> | idx:<dir>
+    per_class: int | None = Field(500, ge=1)  # cap per class at ingest; null keeps all
+    shard_rows: int = Field(2000, ge=1)
+
+    @field_validator("source")
+    @classmethod
+    def _known_scheme(cls, v: str) -> str:
+        return _check_scheme(v, ("builtin", "folder", "idx"))
+
+
+class SeriesData(_Identified):
     source: str = (
         "builtin:vic_elec"  # builtin:vic_elec | csv:<file> | parquet:<file> | jsonl:<file>
     )
@@ -66,7 +72,6 @@ class SeriesData(Strict):
     features: list[str] = ["Temperature"]
     last_days: int | None = Field(365, ge=1)  # keep the newest N days at ingest; null keeps all
     shard_rows: int = Field(100_000, ge=1)
-    name: str | None = None  # dataset identity; null: derived from the source (dataset_identity)
     # Refused before parsing, with the file and line: a longer line (a CSV header included)
     # or a JSON record nested deeper (json would hit Python's recursion limit near 1000).
     max_line_bytes: int = Field(1_048_576, ge=64)
@@ -76,15 +81,6 @@ class SeriesData(Strict):
     @classmethod
     def _known_scheme(cls, v: str) -> str:
         return _check_scheme(v, ("builtin", "csv", "parquet", "jsonl"))
-
-    @field_validator("name")
-    @classmethod
-    def _identity(cls, v: str | None) -> str | None:
-        return _check_identity(v)
-
-    @property
-    def identity(self) -> str:
-        return dataset_identity(self.source, self.name)
 
 
 def _check_scheme(v: str, schemes: tuple[str, ...]) -> str:
