@@ -2,7 +2,7 @@
 
     python tests/benchmarks/bench_cli.py                       # quiet machine
     python tests/benchmarks/bench_cli.py --load 2              # with two CPU-burning loops
-    python tests/benchmarks/bench_cli.py --src /work/main/src  # another checkout's code, side by side
+    python tests/benchmarks/bench_cli.py --src <other checkout>/src  # another checkout's code, side by side
     python tests/benchmarks/bench_cli.py --server              # reruns through a running Prefect server
 
 A small project (the e2e tests' SMALL slice) is made once under --project and run once;
