@@ -52,6 +52,39 @@ class Scale(torch.nn.Module):
         return x * self.k
 
 
+X = np.ones((2, 3), dtype=np.float32)  # what the toy models score on
+
+
+def _score(uri: str) -> float:
+    import mlflow
+
+    return float(np.asarray(mlflow.pyfunc.load_model(uri).predict(X)).mean())
+
+
+def _log_and_register(client, k: float, tags: dict, **kw):
+    """Log Scale(k) in a new run and register it as `m`, scored by the mean output (= k * 1)."""
+    import mlflow
+
+    with mlflow.start_run() as r:
+        info = mlflow.pytorch.log_model(
+            Scale(k), name="model", input_example=X, pip_requirements=["torch"]
+        )
+        decision = register_and_promote(
+            client=client,
+            name="m",
+            run_id=r.info.run_id,
+            model_uri=info.model_uri,
+            score=_score,
+            metric="k",
+            higher_is_better=True,
+            margin=0.0,
+            data_version="d",
+            tags=tags,
+            **kw,
+        )
+    return r.info.run_id, decision
+
+
 def test_first_model_is_champion_then_worse_is_challenger_better_takes_over(mlflow_uri):
     import mlflow
     from mlflow.tracking import MlflowClient
@@ -59,30 +92,8 @@ def test_first_model_is_champion_then_worse_is_challenger_better_takes_over(mlfl
     mlflow.set_tracking_uri(mlflow_uri)
     mlflow.set_experiment("registry-test")  # not whatever experiment an earlier test left active
     client = MlflowClient(mlflow_uri)
-    x = np.ones((2, 3), dtype=np.float32)
     # the score of a model = its output on ones = its k: a real pyfunc round trip
-    score = lambda uri: float(np.asarray(mlflow.pyfunc.load_model(uri).predict(x)).mean())  # noqa: E731
-
-    decisions = []
-    for k in (0.5, 0.4, 0.8):
-        with mlflow.start_run() as r:
-            info = mlflow.pytorch.log_model(
-                Scale(k), name="model", input_example=x, pip_requirements=["torch"]
-            )
-            decisions.append(
-                register_and_promote(
-                    client=client,
-                    name="m",
-                    run_id=r.info.run_id,
-                    model_uri=info.model_uri,
-                    score=score,
-                    metric="k",
-                    higher_is_better=True,
-                    margin=0.0,
-                    data_version="d",
-                    tags={"t": "1"},
-                )
-            )
+    decisions = [_log_and_register(client, k, {"t": "1"})[1] for k in (0.5, 0.4, 0.8)]
     assert [d.alias for d in decisions] == [CHAMPION, CHALLENGER, CHAMPION]
     assert decisions[1].champion_score == pytest.approx(0.5) and decisions[
         1
@@ -143,32 +154,13 @@ def test_under_the_floor_a_model_is_registered_without_alias_and_the_run_says_wh
     mlflow.set_tracking_uri(mlflow_uri)
     mlflow.set_experiment("floor-test")
     client = MlflowClient(mlflow_uri)
-    x = np.ones((2, 3), dtype=np.float32)
-    score = lambda uri: float(np.asarray(mlflow.pyfunc.load_model(uri).predict(x)).mean())  # noqa: E731
     floor = Floor.majority_class(rate=0.6, margin=0.0)
 
-    decisions, runs = [], []
-    for k in (0.5, 0.8, 0.55):  # under the floor (first model), over it, under it again
-        with mlflow.start_run() as r:
-            info = mlflow.pytorch.log_model(
-                Scale(k), name="model", input_example=x, pip_requirements=["torch"]
-            )
-            runs.append(r.info.run_id)
-            decisions.append(
-                register_and_promote(
-                    client=client,
-                    name="m",
-                    run_id=r.info.run_id,
-                    model_uri=info.model_uri,
-                    score=score,
-                    metric="k",
-                    higher_is_better=True,
-                    margin=0.0,
-                    data_version="d",
-                    tags={"bigdeep.data.identity": "digits"},
-                    floor=floor,
-                )
-            )
+    tags = {"bigdeep.data.identity": "digits"}
+    # under the floor (first model), over it, under it again
+    runs, decisions = zip(
+        *(_log_and_register(client, k, tags, floor=floor) for k in (0.5, 0.8, 0.55)), strict=True
+    )
     assert [d.alias for d in decisions] == [None, CHAMPION, None]
     assert [d.version for d in decisions] == ["1", "2", "3"]  # registered all the same
     assert decisions[0].identity == "digits" and decisions[0].floor_score == pytest.approx(0.6)
