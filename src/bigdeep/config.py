@@ -318,7 +318,7 @@ class RNNParams(Strict):
     dropout: float = Field(0.0, ge=0, lt=1)
     window: int = Field(48, ge=1)  # past steps seen by the model
     horizon: int = Field(1, ge=1)  # steps ahead predicted
-    # cyclic inputs from the timestamps, see bigdeep.data.modules.calendar_features
+    # cyclic inputs from the timestamps, see bigdeep.data.transforms.calendar_features
     calendar: list[Literal["hour", "weekday", "yearday"]] = ["hour", "weekday"]
     calendar_tz: str | None = None  # zone of the calendar inputs; null: the timestamps' own
     epochs: int = Field(10, ge=1)

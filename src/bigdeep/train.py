@@ -598,7 +598,7 @@ def _loader_args(settings: Settings, batch_size: int, seed: int | None) -> dict[
 
 def build_image_job(settings: Settings, data_dir: Path, seed: int | None = None):
     """(ImageDataModule set up, ImageClassifier) as params.yaml describes them."""
-    from bigdeep.data.modules import ImageDataModule
+    from bigdeep.data.datamodules import ImageDataModule
     from bigdeep.models.cnn import ImageClassifier
 
     cfg = settings.train.cnn
@@ -630,7 +630,7 @@ def build_image_job(settings: Settings, data_dir: Path, seed: int | None = None)
 
 def build_series_job(settings: Settings, data_dir: Path, seed: int | None = None):
     """(SeriesDataModule set up, SeriesForecaster) as params.yaml describes them."""
-    from bigdeep.data.modules import SeriesDataModule
+    from bigdeep.data.datamodules import SeriesDataModule
     from bigdeep.models.rnn import SeriesForecaster
 
     cfg = settings.train.rnn

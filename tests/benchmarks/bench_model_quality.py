@@ -47,7 +47,7 @@ from torch.nn import functional as F
 
 from bigdeep import evaluate
 from bigdeep.config import Settings, apply_overrides, load_settings
-from bigdeep.data.modules import ImageDataModule, SeriesDataModule
+from bigdeep.data.datamodules import ImageDataModule, SeriesDataModule
 from bigdeep.ingest import ingest_images, ingest_series
 from bigdeep.models.cnn import build_cnn
 from bigdeep.models.rnn import SeriesNet

@@ -43,7 +43,8 @@ import pandas as pd
 import pytorch_lightning as pl
 import torch
 
-from bigdeep.data.modules import ImageDataModule, SeriesDataModule, random_affine
+from bigdeep.data.datamodules import ImageDataModule, SeriesDataModule
+from bigdeep.data.transforms import random_affine
 from bigdeep.models.cnn import ImageClassifier
 from bigdeep.models.optim import make_optimizer, make_scheduler
 from bigdeep.models.rnn import SeriesForecaster

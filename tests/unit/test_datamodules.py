@@ -18,13 +18,8 @@ import torch
 from pydantic import ValidationError
 
 from bigdeep.config import RNNParams
-from bigdeep.data.modules import (
-    Affine,
-    ImageDataModule,
-    SeriesDataModule,
-    calendar_features,
-    random_affine,
-)
+from bigdeep.data.datamodules import ImageDataModule, SeriesDataModule
+from bigdeep.data.transforms import Affine, calendar_features, random_affine
 from bigdeep.models.cnn import ImageClassifier
 from bigdeep.models.rnn import SeriesForecaster
 
@@ -176,13 +171,13 @@ def test_streamed_and_in_memory_images_agree(tmp_path: Path):
 
 
 def test_streamed_batches_are_dealt_evenly_to_processes_and_workers(tmp_path: Path, monkeypatch):
-    from bigdeep.data import modules
+    from bigdeep.data.datasets import StreamedImages
 
     write_images(tmp_path)
     # 40 rows in blocks of 16 and batches of 6: 3 + 3 + 2 = 8 batches per epoch
     seen = {}
     for rank in (0, 1, 2):  # three distributed processes: 8 batches wrap to 9, 3 each
-        monkeypatch.setattr(modules._StreamedImages, "_world", lambda self, r=rank: (r, 3))
+        monkeypatch.setattr(StreamedImages, "_world", lambda self, r=rank: (r, 3))
         dm = _streamed(tmp_path, batch_size=6, **NO_AUGMENT)
         loader = dm.train_dataloader()
         assert len(loader) == 3

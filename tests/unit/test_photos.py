@@ -22,8 +22,9 @@ from PIL import Image
 
 from bigdeep.cli import main
 from bigdeep.config import ImagePrepare, Settings
+from bigdeep.data.datamodules import ImageDataModule
 from bigdeep.data.images import to_array
-from bigdeep.data.modules import ImageDataModule, random_affine
+from bigdeep.data.transforms import random_affine
 from bigdeep.prepare import prepare_images
 from bigdeep.train import build_image_job
 from tests.unit.images import PHOTO_COLOURS, digit, photo, photo_folder, png
@@ -239,7 +240,7 @@ def test_a_streamed_colour_split_gives_the_same_batches(colour_data):
 def test_augmentation_moves_every_channel_alike():
     x = torch.zeros(2, 3, 20, 20)
     x[:, 0, 5:15, 5:15], x[:, 1, 5:15, 5:15], x[:, 2, 5:15, 5:15] = 1.0, 0.5, 0.25
-    from bigdeep.data.modules import Affine
+    from bigdeep.data.transforms import Affine
 
     moved = random_affine(x, Affine(rotate=30, shift=0.1), torch.Generator().manual_seed(0))
     assert moved.shape == x.shape and not torch.equal(moved, x)

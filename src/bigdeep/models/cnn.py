@@ -13,7 +13,7 @@ The seed architecture is unchanged; what lifts it from ~96% to ~98.6% test accur
 the builtin 3,500 training digits, and from ~99.0-99.3% to ~99.55% on full MNIST (60,000
 train / 10,000 t10k test images, 10 epochs), are training choices: OneCycle learning rate,
 label smoothing, input standardisation (here) and random affine augmentation of the train
-split (`bigdeep.data.modules.ImageDataModule`). Figures: tests/benchmarks/bench_model_quality.py.
+split (`bigdeep.data.datamodules.ImageDataModule`). Figures: tests/benchmarks/bench_model_quality.py.
 """
 
 from __future__ import annotations
