@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +23,7 @@ import pandas as pd
 
 from bigdeep.config import ImagePrepare, SeriesData, SeriesPrepare
 from bigdeep.data.images import to_array
+from bigdeep.data.prepared import split_file
 from bigdeep.data.sources import source_split
 from bigdeep.data.store import iter_shards
 from bigdeep.errors import BigdeepError
@@ -102,15 +101,15 @@ def prepare_images(
     classes: list[str],
     seed: int,
 ) -> dict[str, int | str]:
-    """Split the accepted images and write `<split>.npz` (x, y, ids) and `classes.json`.
+    """Split the accepted images and write each split's x, y and ids and `classes.json`
+    (the format: `bigdeep.data.prepared`).
 
     x is uint8 (N, H, W), or (N, H, W, 3) for RGB; `cfg` says how images are converted.
 
     Memory holds one raw shard at a time plus about 60 bytes per image (label, sha256, split
     and row), never the decoded dataset: a first pass over the shards reads labels and content
     ids, the splits are drawn, and a second pass decodes each image straight into its row
-    of the split's array on disk (a memory-mapped .npy), which is then packed as np.savez
-    packs it.
+    of the split's x on disk (a memory-mapped .npy).
     """
     quarantined = quarantined_records(quarantine_dir)
     index = {c: i for i, c in enumerate(classes)}
@@ -144,11 +143,15 @@ def prepare_images(
     for s, idx in enumerate(order.values()):
         split_of[idx], row_of[idx] = s, np.arange(len(idx))
 
+    # Built in a folder beside `out_dir` and swapped in when complete (as the raw store is):
+    # a crash never leaves a half-written split, and no file of an older run stays behind.
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
     x = [
         np.lib.format.open_memmap(
-            out_dir / f".{name}.x.npy", mode="w+", dtype=np.uint8, shape=(len(idx), *first.shape)
+            split_file(tmp, name, "x"), mode="w+", dtype=np.uint8, shape=(len(idx), *first.shape)
         )
         for name, idx in order.items()
     ]
@@ -166,11 +169,13 @@ def prepare_images(
             i += 1
     for rows in x:
         rows.flush()
-    del x, rows  # unmapped before the files are packed
+    del x, rows  # unmapped before the folder is swapped in
     for name, idx in order.items():
-        ids = _hex(digests[idx])
-        _pack_npz(out_dir / f"{name}.npz", out_dir / f".{name}.x.npy", y[idx], ids)
-    (out_dir / "classes.json").write_text(json.dumps(classes) + "\n")
+        np.save(split_file(tmp, name, "y"), y[idx], allow_pickle=False)
+        np.save(split_file(tmp, name, "ids"), _hex(digests[idx]), allow_pickle=False)
+    (tmp / "classes.json").write_text(json.dumps(classes) + "\n")
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp.rename(out_dir)
     if error := leakage_error(out_dir):  # the same image in two splits
         raise PrepareError(error)
     return {name: len(idx) for name, idx in splits.items()} | {"test_from": test_from}
@@ -180,23 +185,6 @@ def _hex(digests: np.ndarray) -> np.ndarray:
     """sha256 digests, uint8 (N, 32) -> their hex strings '<U64' (N,)."""
     text = digests.tobytes().hex()
     return np.array([text[i : i + 64] for i in range(0, len(text), 64)], dtype="<U64")
-
-
-def _pack_npz(path: Path, x_npy: Path, y: np.ndarray, ids: np.ndarray) -> None:
-    """What np.savez(path, x=..., y=y, ids=ids) writes, with x copied from an .npy file.
-
-    Members stored uncompressed, so the data modules can memory-map x. Written beside the
-    target and renamed: a crash never leaves a half-written split. The .npy is removed.
-    """
-    tmp = path.with_name(path.name + ".tmp")
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
-        with zf.open("x.npy", "w", force_zip64=True) as member, open(x_npy, "rb") as src:
-            shutil.copyfileobj(src, member, 2**20)  # 1 MiB at a time
-        for name, array in (("y", y), ("ids", ids)):
-            with zf.open(f"{name}.npy", "w", force_zip64=True) as member:
-                np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
-    os.replace(tmp, path)
-    x_npy.unlink()
 
 
 # --- series ----------------------------------------------------------------------------------

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bigdeep.data.prepared import read_image_split
+
 CHAMPION, CHALLENGER = "champion", "challenger"
 IDENTITY_TAG = "bigdeep.data.identity"  # on the run and its model versions; `lineage` shows it
 
@@ -246,11 +248,10 @@ def image_accuracy_scorer(data_dir: Path) -> Callable[[str], float]:
         import mlflow
 
         if not cache:
-            with np.load(Path(data_dir) / "test.npz") as test:
-                x = test["x"]  # (N, H, W) grey or (N, H, W, C) colour -> (N, C, H, W)
-                x = x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)
-                cache["x"] = x.astype(np.float32) / 255.0
-                cache["y"] = test["y"]
+            x, cache["y"], _ = read_image_split(Path(data_dir), "test")
+            # (N, H, W) grey or (N, H, W, C) colour -> (N, C, H, W)
+            x = x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)
+            cache["x"] = x.astype(np.float32) / 255.0
         probs = np.asarray(mlflow.pyfunc.load_model(model_uri).predict(cache["x"]))
         return float((probs.argmax(axis=1) == cache["y"]).mean())
 

@@ -245,7 +245,7 @@ def _settings(params: Path, overrides: list[str]) -> Settings:
 
 
 def _compare_cnn(data: Path, settings: Settings, seeds: list[int]) -> None:
-    print(f"\nCNN, test accuracy on {len(np.load(data / 'images' / 'test.npz')['y'])} images")
+    print(f"\nCNN, test accuracy on {len(np.load(data / 'images' / 'test_y.npy'))} images")
     print(f"{'model':<8} {'seed':>5} {'test acc':>9} {'wall s':>7} {'epochs':>7}")
     runs: dict[str, list[dict[str, float]]] = {"seed": [], "bigdeep": []}
     for seed in seeds:

@@ -44,6 +44,7 @@ import pytorch_lightning as pl
 import torch
 
 from bigdeep.data.datamodules import ImageDataModule, SeriesDataModule
+from bigdeep.data.prepared import write_image_split
 from bigdeep.data.transforms import random_affine
 from bigdeep.models.cnn import ImageClassifier
 from bigdeep.models.optim import make_optimizer, make_scheduler
@@ -71,7 +72,7 @@ def write_image_data(data_dir: Path, n: int) -> None:
     for split, rows in [("train", n), ("val", 64), ("test", 64)]:
         x = rng.integers(0, 256, size=(rows, 28, 28), dtype=np.uint8)
         y = rng.integers(0, 10, size=rows).astype(np.int64)
-        np.savez(data_dir / f"{split}.npz", x=x, y=y, ids=np.array([str(i) for i in range(rows)]))
+        write_image_split(data_dir, split, x, y, np.array([str(i) for i in range(rows)]))
 
 
 def write_series_data(data_dir: Path, n: int) -> None:

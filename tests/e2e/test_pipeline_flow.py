@@ -54,8 +54,8 @@ def test_flow_trains_logs_skips_and_restores(project_factory, mlflow_uri):
     assert cnn.data.params["cnn.epochs"] == "2"
 
     # the logged CNN loads through pyfunc and predicts 10 class probabilities
-    test = np.load(project / "data/processed/images/test.npz")
-    sample = test["x"][:5, None].astype(np.float32) / 255.0  # (5, 1, 28, 28)
+    test_x = np.load(project / "data/processed/images/test_x.npy")
+    sample = test_x[:5, None].astype(np.float32) / 255.0  # (5, 1, 28, 28)
     model = mlflow.pyfunc.load_model(cnn.data.tags["bigdeep.model_uri"])
     probs = np.asarray(model.predict(sample))
     assert probs.shape == (5, 10)

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from bigdeep.config import RNNParams
 from bigdeep.data.datamodules import ImageDataModule, SeriesDataModule
+from bigdeep.data.prepared import write_image_split
 from bigdeep.data.transforms import Affine, calendar_features, random_affine
 from bigdeep.models.cnn import ImageClassifier
 from bigdeep.models.rnn import SeriesForecaster
@@ -41,7 +42,7 @@ def write_images(data_dir: Path, size: tuple[int, int] = (28, 28)) -> Path:
         x = np.broadcast_to(values[:, None, None], (n, *size)).copy()  # (N, H, W)
         y = np.arange(n, dtype=np.int64) % len(CLASSES)
         ids = np.array([f"{split}-{i:04d}" for i in range(n)])
-        np.savez(data_dir / f"{split}.npz", x=x, y=y, ids=ids)
+        write_image_split(data_dir, split, x, y, ids)
         offset += n
     return data_dir
 
@@ -208,15 +209,6 @@ def test_streamed_train_images_are_augmented_val_never(tmp_path: Path):
     assert torch.equal(_all(dm.val_dataloader())[0], loaded.tensors["val"][0])
 
 
-def test_a_compressed_npz_is_loaded_not_streamed(tmp_path: Path):
-    write_images(tmp_path)
-    with np.load(tmp_path / "train.npz") as z:
-        arrays = {k: z[k] for k in z.files}
-    np.savez_compressed(tmp_path / "train.npz", **arrays)
-    dm = _streamed(tmp_path)
-    assert dm.streamed == ["val", "test"] and "train" in dm.tensors
-
-
 def test_images_batches_keep_image_and_label_together(tmp_path: Path):
     dm = ImageDataModule(write_images(tmp_path), batch_size=16, **NO_AUGMENT)
     dm.setup("fit")
@@ -277,23 +269,23 @@ def test_images_pixel_statistics_come_from_train(tmp_path: Path):
 
 def test_images_missing_file_is_named(tmp_path: Path):
     write_images(tmp_path)
-    (tmp_path / "val.npz").unlink()
-    with pytest.raises(FileNotFoundError, match=r"val\.npz: not found"):
+    (tmp_path / "val_y.npy").unlink()
+    with pytest.raises(FileNotFoundError, match=r"val_y\.npy: not found"):
         ImageDataModule(tmp_path).setup("fit")
 
 
 def test_images_corrupt_file_is_named(tmp_path: Path):
     write_images(tmp_path)
-    (tmp_path / "test.npz").write_bytes(b"PK\x03\x04 not really a zip")
-    with pytest.raises(ValueError, match=r"test\.npz: unreadable or corrupt"):
+    (tmp_path / "test_x.npy").write_bytes(b"\x93NUMPY not really an array")
+    with pytest.raises(ValueError, match=r"test_x\.npy: unreadable or corrupt"):
         ImageDataModule(tmp_path).setup("fit")
 
 
 def test_images_label_outside_classes_is_named(tmp_path: Path):
     write_images(tmp_path)
     x = np.zeros((2, 28, 28), np.uint8)
-    np.savez(tmp_path / "train.npz", x=x, y=np.array([0, 3]), ids=np.array(["a", "b"]))
-    with pytest.raises(ValueError, match=r"train\.npz: label 3 at row 1 is outside 0\.\.2"):
+    write_image_split(tmp_path, "train", x, np.array([0, 3]), np.array(["a", "b"]))
+    with pytest.raises(ValueError, match=r"train_y\.npy: label 3 at row 1 is outside 0\.\.2"):
         ImageDataModule(tmp_path).setup("fit")
 
 

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from bigdeep.config import ImagePrepare, SeriesData, SeriesPrepare, Settings
+from bigdeep.data.prepared import read_image_split
 from bigdeep.data.sources import encode_png
 from bigdeep.data.store import read_all, write_shards
 from bigdeep.ingest import ingest_images
@@ -37,6 +38,10 @@ def test_stratified_split_refuses_an_empty_split():
         stratified_split(np.array([0, 1]), 0.1, 0.2, seed=0)
 
 
+def _arrays(folder: Path, split: str) -> dict[str, np.ndarray]:
+    return dict(zip(("x", "y", "ids"), read_image_split(folder, split), strict=True))
+
+
 def test_prepare_images_drops_quarantined_records(tmp_path):
     ingest_images(
         Settings.model_validate({"data": {"images": {"per_class": 10}}}), tmp_path / "raw"
@@ -52,7 +57,7 @@ def test_prepare_images_drops_quarantined_records(tmp_path):
     )
     assert counts["train"] + counts["val"] + counts["test"] == 99
     assert counts["test_from"] == "random"  # the builtin digits ship no test set
-    splits = {k: np.load(tmp_path / "out" / f"{k}.npz") for k in ("train", "val", "test")}
+    splits = {k: _arrays(tmp_path / "out", k) for k in ("train", "val", "test")}
     assert splits["train"]["x"].shape[1:] == (28, 28) and splits["train"]["x"].dtype == np.uint8
     ids = np.concatenate([s["ids"] for s in splits.values()])
     assert len(set(ids)) == 99  # no image in two splits
@@ -84,7 +89,7 @@ def test_a_test_set_the_source_ships_stays_the_test_split(tmp_path, source_test)
     classes = [str(d) for d in range(10)]
     counts = prepare_images(tmp_path / "raw", tmp_path / "q", tmp_path / "out", cfg, classes, 0)
 
-    test = np.load(tmp_path / "out" / "test.npz")
+    test = _arrays(tmp_path / "out", "test")
     t10k = read_all(tmp_path / "raw")
     t10k = t10k[t10k["record_id"].str.startswith("idx:test/")]
     t10k_ids = {hashlib.sha256(b).hexdigest() for b in t10k["image"]}
@@ -129,17 +134,16 @@ def test_prepare_never_holds_the_decoded_images_in_memory(tmp_path):
     finally:
         tracemalloc.stop()
     assert counts["train"] + counts["val"] + counts["test"] == n
-    with np.load(tmp_path / "out" / "train.npz") as train:
-        assert train["x"].shape == (counts["train"], side, side)
-        first = int.from_bytes(train["x"][0].flat[:4].tobytes(), "big")  # which image it is
-        assert train["y"][0] == first % 10
+    train = _arrays(tmp_path / "out", "train")
+    assert train["x"].shape == (counts["train"], side, side)
+    first = int.from_bytes(train["x"][0].flat[:4].tobytes(), "big")  # which image it is
+    assert train["y"][0] == first % 10
     assert peak < 0.4 * n * side * side  # one shard and per-image ids, not 64 MiB
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
         "classes.json",
-        "test.npz",
-        "train.npz",
-        "val.npz",
+        *(f"{split}_{a}.npy" for split in ("test", "train", "val") for a in ("ids", "x", "y")),
     ]  # no temporary file left behind
+    assert not (tmp_path / "out.tmp").exists()
 
 
 def test_images_of_different_sizes_are_named(tmp_path):

@@ -32,9 +32,10 @@ from bigdeep.data.datasets import (
 from bigdeep.data.prepared import (
     SPLITS,
     read_classes,
+    read_image_split,
     read_meta,
-    read_npz,
     read_series_parquet,
+    split_file,
 )
 from bigdeep.data.transforms import Affine, as_nchw, calendar_features, pixel_stats
 
@@ -155,8 +156,8 @@ class ImageDataModule(SplitDataModule):
             return
         self.classes = read_classes(self.data_dir / "classes.json")
         for split in SPLITS:
-            path = self.data_dir / f"{split}.npz"
-            x, y, ids = read_npz(path, self.num_classes, mmap=True)
+            path = split_file(self.data_dir, split, "x")
+            x, y, ids = read_image_split(self.data_dir, split, self.num_classes, mmap=True)
             size, channels = (x.shape[1], x.shape[2]), (x.shape[3] if x.ndim == 4 else 1)
             if split == "train":
                 self.image_size, self.channels = size, channels
@@ -167,10 +168,10 @@ class ImageDataModule(SplitDataModule):
                 )
             labels = torch.from_numpy(y.astype(np.int64))  # (N,)
             if split == "train":
-                train_rows = x  # uint8 (N, H, W[, C]), mapped or read: for the pixel statistics
+                train_rows = x  # uint8 (N, H, W[, C]), mapped: for the pixel statistics
             augment = self.augment if split == "train" and self.augment.active else None
             too_big = x.size * 4 > self.memory_mb * 2**20  # as float32 tensors
-            if too_big and isinstance(x, np.memmap):
+            if too_big:
                 block_rows = int(self.block_mb * 2**20) // (size[0] * size[1] * channels)
                 self._datasets[split] = StreamedImages(
                     path, labels, self.batch_size, block_rows, split == "train", self.seed, augment

@@ -19,7 +19,6 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
-from bigdeep.data.prepared import npz_memmap
 from bigdeep.data.transforms import Affine, as_nchw, random_affine
 
 # Lightning warns that a sized IterableDataset may repeat data across workers; a streamed
@@ -88,7 +87,7 @@ class AugmentedImages(Images):
 
 
 class StreamedImages(IterableDataset):
-    """An image split streamed from its npz in blocks of rows; yields whole batches.
+    """An image split streamed from its x .npy in blocks of rows; yields whole batches.
 
     Each pass is one epoch. Its batches are the same list in every process: the blocks
     (`block_rows` consecutive rows each) in a random order, and within a block the rows in
@@ -114,7 +113,7 @@ class StreamedImages(IterableDataset):
         seed: int,
         augment: Affine | None = None,
     ) -> None:
-        self.path, self.labels = Path(path), labels  # labels (N,) int64, in memory
+        self.path, self.labels = Path(path), labels  # x's .npy; labels (N,) int64, in memory
         self.batch_size, self.block_rows = batch_size, max(int(block_rows), batch_size)
         self.shuffle, self.seed, self.augment = shuffle, seed, augment
         self.start_epoch, self._passes = 0, 0
@@ -179,7 +178,7 @@ class StreamedImages(IterableDataset):
 
     def _memmap(self) -> np.ndarray:
         if self._x is None:
-            self._x = npz_memmap(self.path, "x")  # mapped in the process that reads it
+            self._x = np.load(self.path, mmap_mode="r")  # mapped in the process that reads it
         return self._x
 
     def __getstate__(self) -> dict:

@@ -1,7 +1,9 @@
 """The files `bigdeep prepare` writes in `data/processed/` and how to read them back.
 
-Images: `<dir>/{train,val,test}.npz` (x uint8 (N, H, W) grey or (N, H, W, C) colour, y int64
-(N,), ids str (N,): the sha256 of each image) and `<dir>/classes.json`.
+Images: three plain .npy files per split, `<dir>/<split>_x.npy` (uint8 (N, H, W) grey or
+(N, H, W, C) colour), `<split>_y.npy` (int64 (N,)) and `<split>_ids.npy` (str (N,): the sha256
+of each image), row i of each the same image, and `<dir>/classes.json`. Plain .npy files so a
+split too large for memory is memory-mapped (`np.load(mmap_mode="r")`) and streamed.
 Series: `<dir>/series.parquet` (timestamp, target, features, split) and `<dir>/meta.json`
 (target, features, scaler, freq).
 
@@ -11,8 +13,6 @@ Every reader checks what it read; its errors name the file and say to re-run pre
 from __future__ import annotations
 
 import json
-import struct
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -21,45 +21,17 @@ import pandas as pd
 SPLITS = ("train", "val", "test")  # in time order for the series
 
 
-class NotMappable(ValueError):
-    """An npz array that cannot be memory-mapped (compressed, or of Python objects)."""
+def split_file(folder: Path, split: str, array: str) -> Path:
+    """`<folder>/<split>_<array>.npy`, array x, y or ids: where an image split's array lives."""
+    return Path(folder) / f"{split}_{array}.npy"
 
 
-def npz_memmap(path: Path, name: str) -> np.ndarray:
-    """Array `name` of an uncompressed npz (np.savez), memory-mapped: nothing is read yet.
-
-    An npz is a zip of .npy files; a stored (uncompressed) member is a plain .npy at some
-    offset in the zip: after the zip's local header, the .npy header, then the raw array.
-    """
-    try:
-        with zipfile.ZipFile(path) as zf:
-            info = zf.getinfo(f"{name}.npy")
-    except KeyError:
-        raise ValueError(f"{path}: no array {name!r}; re-run `bigdeep prepare`") from None
-    except (zipfile.BadZipFile, OSError) as e:
-        raise ValueError(f"{path}: unreadable npz ({e}); re-run `bigdeep prepare`") from None
-    if info.compress_type != zipfile.ZIP_STORED:
-        raise NotMappable(
-            f"{path}: array {name!r} is compressed and cannot be streamed; "
-            "write it with np.savez (bigdeep prepare does)"
-        )
-    with open(path, "rb") as f:
-        f.seek(info.header_offset)
-        local = f.read(30)  # zip local file header; name and extra field lengths at 26..30
-        if local[:4] != b"PK\x03\x04":
-            raise ValueError(f"{path}: bad zip local header for {name!r}")
-        name_len, extra_len = struct.unpack("<HH", local[26:30])
-        f.seek(info.header_offset + 30 + name_len + extra_len)
-        version = np.lib.format.read_magic(f)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-        else:
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-        offset = f.tell()
-    if dtype.hasobject:
-        raise NotMappable(f"{path}: array {name!r} holds Python objects; cannot be streamed")
-    order = "F" if fortran else "C"
-    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order=order)
+def write_image_split(
+    folder: Path, split: str, x: np.ndarray, y: np.ndarray, ids: np.ndarray
+) -> None:
+    """Save a split's three arrays whole (small data and tests; prepare writes x in place)."""
+    for name, array in (("x", x), ("y", y), ("ids", ids)):
+        np.save(split_file(folder, split, name), np.asanyarray(array), allow_pickle=False)
 
 
 def read_classes(path: Path) -> list[str]:
@@ -74,48 +46,44 @@ def read_classes(path: Path) -> list[str]:
     return [str(c) for c in classes]
 
 
-def read_npz(
-    path: Path, num_classes: int, mmap: bool = False
+def read_image_split(
+    folder: Path, split: str, num_classes: int | None = None, mmap: bool = False
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(x uint8 (N, H, W) or (N, H, W, C), y int (N,), ids (N,)), checked; errors name the file.
 
-    `mmap`: x and ids are memory-mapped (see `npz_memmap`), not read; y is read.
+    `mmap`: x and ids are memory-mapped (`np.load(mmap_mode="r")`), not read; y is read.
+    `num_classes`: labels must lie in 0..num_classes-1.
     """
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            missing = {"x", "y", "ids"} - set(z.files)
-            if missing:
-                raise ValueError(f"{path}: missing array(s) {sorted(missing)}; has {z.files}")
-            y = z["y"]
-            try:
-                if not mmap:
-                    raise NotMappable("not asked to")
-                x, ids = npz_memmap(path, "x"), npz_memmap(path, "ids")
-            except NotMappable:  # e.g. np.savez_compressed: read it (it cannot stream)
-                x, ids = z["x"], z["ids"]
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: not found (run `bigdeep prepare` first)") from None
-    except (zipfile.BadZipFile, EOFError, OSError) as e:
-        raise ValueError(
-            f"{path}: unreadable or corrupt npz ({e}); re-run `bigdeep prepare`"
-        ) from None
+    arrays = []
+    for name in ("x", "y", "ids"):
+        path = split_file(folder, split, name)
+        mode = "r" if mmap and name != "y" else None
+        try:
+            arrays.append(np.load(path, mmap_mode=mode, allow_pickle=False))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path}: not found (run `bigdeep prepare` first)") from None
+        except (ValueError, EOFError, OSError) as e:
+            raise ValueError(
+                f"{path}: unreadable or corrupt .npy ({e}); re-run `bigdeep prepare`"
+            ) from None
+    x, y, ids = arrays
+    x_path, y_path = split_file(folder, split, "x"), split_file(folder, split, "y")
     if x.dtype != np.uint8 or not (x.ndim == 3 or (x.ndim == 4 and x.shape[3] in (1, 3, 4))):
         raise ValueError(
-            f"{path}: x must be uint8 (N, H, W) or (N, H, W, C) with C 1, 3 or 4, "
+            f"{x_path}: x must be uint8 (N, H, W) or (N, H, W, C) with C 1, 3 or 4, "
             f"got {x.dtype} {x.shape}; re-run `bigdeep prepare`"
         )
     if not np.issubdtype(y.dtype, np.integer) or y.shape != (len(x),) or ids.shape != (len(x),):
         raise ValueError(
-            f"{path}: y must be integer (N,) and ids (N,) with N={len(x)}, "
-            f"got y {y.dtype} {y.shape}, ids {ids.shape}"
+            f"{Path(folder) / split}_{{y,ids}}.npy: y must be integer (N,) and ids (N,) with "
+            f"N={len(x)} as in x, got y {y.dtype} {y.shape}, ids {ids.shape}"
         )
     if len(x) == 0:
-        raise ValueError(f"{path}: no images")
-    bad = (y < 0) | (y >= num_classes)
-    if bad.any():
-        row = int(np.argmax(bad))
+        raise ValueError(f"{x_path}: no images")
+    if num_classes is not None and ((y < 0) | (y >= num_classes)).any():
+        row = int(np.argmax((y < 0) | (y >= num_classes)))
         raise ValueError(
-            f"{path}: label {int(y[row])} at row {row} is outside 0..{num_classes - 1} "
+            f"{y_path}: label {int(y[row])} at row {row} is outside 0..{num_classes - 1} "
             f"(classes.json lists {num_classes} classes)"
         )
     return x, y, ids

@@ -1,8 +1,9 @@
 """Train/test leakage: the same image content (sha256 of its bytes) in two splits.
 
-`prepare` writes data/processed/images/{train,val,test}.npz, each with `ids` (the sha256 of
-every image). The gate already quarantines exact duplicates, so a leak means a duplicate got
-past it; this check proves there is none after the split:
+`prepare` writes each split's `ids` (the sha256 of every image) to
+data/processed/images/<split>_ids.npy (`bigdeep.data.prepared`). The gate already quarantines
+exact duplicates, so a leak means a duplicate got past it; this check proves there is none
+after the split:
 
     if (error := leakage_error("data/processed/images")): raise PrepareError(error)
 """
@@ -14,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-SPLITS = ("train", "val", "test")
+from bigdeep.data.prepared import SPLITS, split_file
+
 SHOWN = 5  # leaked ids named in the message
 
 
@@ -32,10 +34,9 @@ def leakage_error(processed_dir: str | Path) -> str | None:
     folder = Path(processed_dir)
     ids = {}
     for split in SPLITS:
-        path = folder / f"{split}.npz"
+        path = split_file(folder, split, "ids")
         if path.exists():
-            with np.load(path, allow_pickle=False) as data:
-                ids[split] = data["ids"].tolist()
+            ids[split] = np.load(path, allow_pickle=False).tolist()
     leaks = find_leaks(ids)
     if not leaks:
         return None
