@@ -23,7 +23,7 @@ import pandas as pd
 
 from bigdeep.config import ImagePrepare, SeriesData, SeriesPrepare
 from bigdeep.data.images import to_array
-from bigdeep.data.prepared import split_file
+from bigdeep.data.prepared import SPLITS, split_file
 from bigdeep.data.sources import source_split
 from bigdeep.data.store import iter_shards
 from bigdeep.errors import BigdeepError
@@ -52,7 +52,7 @@ def stratified_split(
     `test_fraction` 0 leaves the test split empty (the caller has one already).
     """
     rng = np.random.default_rng(seed)
-    parts: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": []}
+    parts: dict[str, list[np.ndarray]] = {split: [] for split in SPLITS}
     for cls in np.unique(labels):
         idx = rng.permutation(np.flatnonzero(labels == cls))
         n_test = int(round(len(idx) * test_fraction))
@@ -235,7 +235,7 @@ def split_and_scale(
     return scaled, meta
 
 
-def read_series_values(
+def read_accepted_series(
     raw_dir: Path, quarantine_dir: Path, data: SeriesData, cfg: SeriesPrepare
 ) -> pd.DataFrame:
     """The accepted rows' values by timestamp, sorted, resampled: what `prepare_series_frame`
@@ -281,8 +281,8 @@ def prepare_series(
     raw_dir: Path, quarantine_dir: Path, out_dir: Path, data: SeriesData, cfg: SeriesPrepare
 ) -> dict[str, int]:
     """Resample, split in time order and scale the accepted series; write `series.parquet` and
-    `meta.json`. Reads the raw store shard by shard (see `read_series_values`)."""
-    series = read_series_values(raw_dir, quarantine_dir, data, cfg)
+    `meta.json`. Reads the raw store shard by shard (see `read_accepted_series`)."""
+    series = read_accepted_series(raw_dir, quarantine_dir, data, cfg)
     scaled, meta = split_and_scale(series, data, cfg)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -16,11 +16,11 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from bigdeep.data.store import read_all, shard_paths
 from bigdeep.quality.profile import (
     PROFILE_COLUMNS,
     describe_image,
     profile_images,
-    read_series,
 )
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
@@ -178,10 +178,28 @@ def test_profile_of_missing_store_says_what_to_do(tmp_path: Path):
         profile_images(tmp_path / "nowhere")
 
 
-def test_read_series_concatenates_shards_in_order(tmp_path: Path):
+def test_a_series_store_reads_back_with_its_shards_in_order(tmp_path: Path):
     for i, rows in enumerate([[1, 2], [3]]):
         frame = pd.DataFrame({"row": rows, "Demand": [float(r) * 10 for r in rows]})
         frame.to_parquet(tmp_path / f"part-{i:05d}.parquet")
-    series = read_series(tmp_path)
+    series = read_all(tmp_path)
     assert list(series["row"]) == [1, 2, 3]
     assert list(series["Demand"]) == [10.0, 20.0, 30.0]
+
+
+def test_shard_paths_on_an_empty_or_missing_store(tmp_path: Path):
+    (tmp_path / "part-00001.parquet").touch()
+    (tmp_path / "part-00000.parquet").touch()
+    (tmp_path / "notes.txt").touch()
+    assert [p.name for p in shard_paths(tmp_path, empty_ok=False)] == [
+        "part-00000.parquet",
+        "part-00001.parquet",
+    ]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert shard_paths(empty, empty_ok=True) == []  # the gate validates it and says "empty"
+    with pytest.raises(FileNotFoundError, match=r"empty: no part-\*\.parquet shards"):
+        shard_paths(empty, empty_ok=False)  # a reader needs data
+    for empty_ok, says in ((True, "no such directory"), (False, r"no part-\*\.parquet shards")):
+        with pytest.raises(FileNotFoundError, match=f"nowhere: {says} .run `bigdeep ingest`"):
+            shard_paths(tmp_path / "nowhere", empty_ok=empty_ok)

@@ -49,9 +49,18 @@ def write_shards(batches: Iterable[pd.DataFrame | pa.Table], out_dir: Path) -> i
     return rows
 
 
-def shard_paths(shards_dir: Path) -> list[Path]:
-    paths = sorted(Path(shards_dir).glob("part-*.parquet"))
-    if not paths:
+def shard_paths(shards_dir: str | Path, *, empty_ok: bool) -> list[Path]:
+    """The `part-*.parquet` shards of a store, in name order.
+
+    `empty_ok`: an existing folder without shards gives [] (the gate validates an empty store,
+    and its volume checks say it is empty); otherwise no shards is an error, as readers of the
+    data need some. A missing folder is always an error.
+    """
+    shards_dir = Path(shards_dir)
+    if empty_ok and not shards_dir.is_dir():
+        raise FileNotFoundError(f"{shards_dir}: no such directory (run `bigdeep ingest` first)")
+    paths = sorted(shards_dir.glob("part-*.parquet"))
+    if not paths and not empty_ok:
         raise FileNotFoundError(
             f"{shards_dir}: no part-*.parquet shards (run `bigdeep ingest` first)"
         )
@@ -60,7 +69,7 @@ def shard_paths(shards_dir: Path) -> list[Path]:
 
 def iter_shards(shards_dir: Path, columns: list[str] | None = None) -> Iterator[pd.DataFrame]:
     """Yield one DataFrame per shard: memory stays bounded by the shard size."""
-    for path in shard_paths(shards_dir):
+    for path in shard_paths(shards_dir, empty_ok=False):
         yield pq.read_table(path, columns=columns).to_pandas()
 
 

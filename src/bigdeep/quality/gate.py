@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 
 from bigdeep.config import ImagePrepare, ImageQuality, SeriesData, SeriesQuality
 from bigdeep.data.images import conversion_text
+from bigdeep.data.store import shard_paths
 from bigdeep.quality.checks import QUARANTINE_COLUMNS, Run, Table, Verdict, iso, plain
 from bigdeep.quality.drift import ProfileBuilder, Reference, edges_between
 from bigdeep.quality.profile import (
@@ -43,7 +44,6 @@ from bigdeep.quality.profile import (
     ProfileChunk,
     empty_profile,
     iter_image_profiles,
-    shard_paths,
 )
 from bigdeep.quality.ranges import RobustSample, add_finite_columns, hashes, value_ranges
 from bigdeep.quality.suites import (
@@ -165,7 +165,7 @@ def gate_series(
 ) -> GateResult:
     """Validate the raw series store chunk by chunk: one pass over its timestamps (8 bytes per
     row), then one over its rows, about `chunk_rows` at a time (shards are split or joined)."""
-    paths = shard_paths(shards_dir)
+    paths = shard_paths(shards_dir, empty_ok=True)
 
     def batches(columns: list[str] | None) -> Iterator[pd.DataFrame]:
         for path in paths:
@@ -542,7 +542,7 @@ def write_quarantine(
     pq.write_table(reasons, reasons_path)
 
     wanted = pa.array(sorted(set(result.quarantine["record"])), type=pa.string())
-    paths = shard_paths(shards_dir)
+    paths = shard_paths(shards_dir, empty_ok=True)
     parts = []
     for path in paths:  # the key column first: only shards holding a bad record are read whole
         keys = pc.cast(pq.read_table(path, columns=[result.key])[result.key], pa.string())

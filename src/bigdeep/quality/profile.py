@@ -3,7 +3,7 @@
 Images are unstructured, so each one is decoded and described by one row of a table.
 `iter_image_profiles` streams the store in chunks (bounded memory, decoding on every
 core); `profile_images` gathers the chunks into one table for small stores and tests.
-Series are validated as they are, so `read_series` only reads them. The only I/O here is
+Series are validated as they are (the gate reads their shards itself). The only I/O here is
 reading the Parquet shards that `bigdeep ingest` wrote.
 
     for chunk in iter_image_profiles("data/raw/images"):   # chunk.frame: PROFILE_COLUMNS
@@ -29,6 +29,8 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 from PIL import Image, UnidentifiedImageError
+
+from bigdeep.data.store import shard_paths
 
 # A header may declare any size; 2**24 pixels (4096 x 4096) is far above any image this
 # pipeline trains on and far below what would exhaust memory when decoded.
@@ -77,14 +79,6 @@ def mode_bands(mode: str) -> tuple[int, int]:
     from PIL import ImageMode
 
     return len(ImageMode.getmode(mode).bands), _BIT_DEPTH.get(mode, 8)
-
-
-def shard_paths(shards_dir: str | Path) -> list[Path]:
-    """The `part-*.parquet` shards of a raw store, in name order."""
-    shards_dir = Path(shards_dir)
-    if not shards_dir.is_dir():
-        raise FileNotFoundError(f"{shards_dir}: no such directory (run `bigdeep ingest` first)")
-    return sorted(shards_dir.glob("part-*.parquet"))
 
 
 # --- one image -----------------------------------------------------------------------------
@@ -214,7 +208,7 @@ def iter_image_profiles(
     duplicates across the whole store). workers: decoding processes; None uses every core
     once the store holds at least PARALLEL_MIN_ROWS images, and one process below that.
     """
-    parts = _parts(shard_paths(shards_dir))
+    parts = _parts(shard_paths(shards_dir, empty_ok=True))
     if workers is None:
         total = sum(p.rows for p in parts)
         workers = (os.cpu_count() or 1) if total >= PARALLEL_MIN_ROWS else 1
@@ -364,21 +358,3 @@ class _Duplicates:
             self._cache = (k, frame)
         row = self._cache[1].iloc[position - self.parts[k].start]
         return row["record_id"], row["sha256"]
-
-
-# --- series --------------------------------------------------------------------------------
-
-
-def read_series(shards_dir: str | Path) -> pd.DataFrame:
-    """The raw series, all shards concatenated in name order (a column that is text in one
-    shard and numbers in another comes back as object, for validation to flag)."""
-    frames = list(iter_series(shards_dir))
-    if not frames:
-        return pd.DataFrame({"row": pd.Series(dtype="int64")})
-    return pd.concat(frames, ignore_index=True)
-
-
-def iter_series(shards_dir: str | Path, columns: list[str] | None = None) -> Iterator[pd.DataFrame]:
-    """One frame per shard, in name order: memory stays bounded by the shard size."""
-    for path in shard_paths(shards_dir):
-        yield pd.read_parquet(path, columns=columns)
