@@ -36,12 +36,12 @@ from bigdeep.data.store import shard_paths
 # pipeline trains on and far below what would exhaust memory when decoded.
 DEFAULT_MAX_PIXELS = 2**24
 
-# Below this many images, spawning workers (each imports pandas and Arrow, ~1 s) costs
-# about what it saves on two cores: measured 2.0 s serial vs 1.6-3.7 s with 2 workers at 50k.
+# Below this many images, starting worker processes (each imports pandas and Arrow) costs
+# about what they save (figures: tests/benchmarks/README.md, "Profiling images").
 PARALLEL_MIN_ROWS = 200_000
 
-# Images per chunk handed to validation: large enough that GX's fixed cost per run (~0.1 s)
-# is small, small enough that a chunk's profile stays a few MB.
+# Images per chunk handed to validation: large enough that GX's fixed cost per run is small,
+# small enough that a chunk's profile stays a few MB.
 CHUNK_ROWS = 50_000
 
 # Pixel intensities are histogrammed over 0..255 (8-bit images only); per-image means over
