@@ -24,15 +24,6 @@ import os
 import sys
 from pathlib import Path
 
-# Quiet and offline unless the user says otherwise (MLflow reads "true", not "1").
-QUIET_ENV = {
-    "DO_NOT_TRACK": "true",
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "DVC_NO_ANALYTICS": "1",
-    "GX_ANALYTICS_ENABLED": "false",
-}
-
 EXIT_FAILED, EXIT_CONFIG, EXIT_GATE = 1, 2, 3  # as in bigdeep.errors (kept light: no import)
 
 
@@ -547,8 +538,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    for key, value in QUIET_ENV.items():
-        os.environ.setdefault(key, value)
+    from bigdeep.env import apply_quiet_env
+
+    apply_quiet_env()  # quiet and offline unless the user says otherwise
     args = build_parser().parse_args(argv)
     code = _call(args)
     if args.command == "run" and argv is None and "bigdeep.orchestration" in sys.modules:
