@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
 from bigdeep.env import apply_quiet_env
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # so tests can import flows.pipeline
 
 apply_quiet_env(override=True)
 

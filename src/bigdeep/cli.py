@@ -147,9 +147,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         _use_servers(Path(args.project) / ".bigdeep" / "servers")
         _print_store(_settings(args), Path(args.project) / ".bigdeep" / "servers")
         print(orchestration.connect(user_url), flush=True)  # PrefectUnavailable: one paragraph
-        # flows/ sits beside src/ in the checkout bigdeep is installed from (editable install).
-        sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-        from flows.pipeline import pipeline
+        from flows.pipeline import pipeline  # installed with bigdeep (pyproject.toml)
 
         orchestration.mark("flow module imported (prefect, yaml)")
         orchestration.quiet_outage_tracebacks()
@@ -364,7 +362,6 @@ def cmd_schedule(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_FAILED
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     from flows.pipeline import serve
 
     serve(

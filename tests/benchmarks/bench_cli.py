@@ -1,9 +1,9 @@
 """Wall-clock of the small commands and of a rerun with nothing changed (issue 10, items 1-2).
 
-    python tests/benchmarks/bench_cli.py                       # quiet machine
-    python tests/benchmarks/bench_cli.py --load 2              # with two CPU-burning loops
-    python tests/benchmarks/bench_cli.py --src <other checkout>/src  # another checkout's code, side by side
-    python tests/benchmarks/bench_cli.py --server              # reruns through a running Prefect server
+    python -m tests.benchmarks.bench_cli                       # quiet machine
+    python -m tests.benchmarks.bench_cli --load 2              # with two CPU-burning loops
+    python -m tests.benchmarks.bench_cli --src <other checkout>/src  # another checkout's code, side by side
+    python -m tests.benchmarks.bench_cli --server              # reruns through a running Prefect server
 
 A small project (the e2e tests' SMALL slice) is made once under --project and run once;
 then every command is timed --repeats times in a fresh process, and the median printed:
@@ -50,7 +50,6 @@ def _time(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, str]:
 def _project(path: Path, env: dict[str, str]) -> Path:
     if (path / "dvc.lock").exists():
         return path
-    sys.path.insert(0, str(ROOT))
     import yaml
 
     from tests.e2e.helpers import SMALL, make_project
