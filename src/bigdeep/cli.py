@@ -102,6 +102,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from bigdeep.config import stage_option
     from bigdeep.train import Paths, train_cnn, train_rnn
 
     fit = {"cnn": train_cnn, "rnn": train_rnn}[args.model]
@@ -110,8 +111,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         data=Path(args.data),
         out=Path(args.out),
         metrics=Path(args.metrics),
-        plots=Path(args.plots or f"reports/train/{args.model}"),
-        checkpoints=Path(args.checkpoints or f"checkpoints/{args.model}"),
+        plots=Path(args.plots or stage_option(f"train_{args.model}", "--plots")),
+        checkpoints=Path(args.checkpoints or stage_option(f"train_{args.model}", "--checkpoints")),
         report=Path(args.report) if args.report else None,
     )
     result = fit(_settings(args), paths, resume=args.resume)
@@ -434,7 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--reference",
         help="folder of the accepted reference profiles, one <identity>.json per dataset "
-        "identity, for drift and volume drop (default: data/reference/<dataset>)",
+        "identity, for drift and volume drop (default: dvc.yaml's, data/reference/<dataset>)",
     )
     s.set_defaults(func=cmd_validate)
 
@@ -452,10 +453,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--metrics", required=True)
     s.add_argument("--report", help="the quality report to attach to the run")
     s.add_argument(
-        "--plots", help="folder for curves and evaluation plots (default reports/train/<model>)"
+        "--plots",
+        help="folder for curves and evaluation plots (default: dvc.yaml's, reports/train/<model>)",
     )
     s.add_argument(
-        "--checkpoints", help="folder for last/best checkpoints (default checkpoints/<model>)"
+        "--checkpoints",
+        help="folder for last/best checkpoints (default: dvc.yaml's, checkpoints/<model>)",
     )
     g = s.add_mutually_exclusive_group()
     g.add_argument(
