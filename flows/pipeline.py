@@ -27,6 +27,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.states import Failed
 
 from bigdeep import orchestration
+from bigdeep.config import MODELS, stage_files  # paths: from dvc.yaml
 from bigdeep.errors import (
     EXIT_CONFIG,
     EXIT_FAILED,
@@ -39,7 +40,6 @@ from bigdeep.errors import (
     printable,
 )
 
-MODELS = {"images": "cnn", "series": "rnn"}
 __all__ = ["GateFailed", "RunFailed", "StageFailed", "pipeline", "serve"]
 
 # What a retry can cure: the network, a lock another process holds, a server's 5xx.
@@ -77,38 +77,6 @@ class DatasetSummary:
     stages: dict[str, str] = field(default_factory=dict)
     failed_checks: list[str] = field(default_factory=list)  # grouped, most important first
     notes: list[str] = field(default_factory=list)  # the report's shapes and drift lines
-
-
-@dataclass(frozen=True)
-class StageFiles:
-    """The files the flow reads, taken from dvc.yaml: one fact in one place."""
-
-    fingerprint: str  # ingest's first dependency: data/sources/<dataset>.json
-    raw: str  # ingest's output: data/raw/<dataset>
-    report: str  # validate's metric: reports/quality/<dataset>.json
-    metrics: str  # train's metric: metrics/<model>.json
-    model_dir: str  # train's first output: models/<model> (run.json inside)
-
-
-def stage_files(project: Path, dataset: str) -> StageFiles:
-    import yaml
-
-    stages = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
-
-    def body(name: str) -> dict:
-        return stages[name].get("do") or stages[name]  # a foreach stage keeps its body in `do`
-
-    def path(entry) -> str:
-        return (next(iter(entry)) if isinstance(entry, dict) else entry).replace("${item}", dataset)
-
-    train = body(f"train_{MODELS[dataset]}")
-    return StageFiles(
-        fingerprint=path(body("ingest")["deps"][0]),
-        raw=path(body("ingest")["outs"][0]),
-        report=path(body("validate")["outs"][0]),
-        metrics=path(train["metrics"][0]),
-        model_dir=path(train["outs"][0]),
-    )
 
 
 def stage_error(output: str) -> str:

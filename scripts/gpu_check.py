@@ -1,11 +1,12 @@
 """GPU check: train the CNN and the RNN for a few epochs on CUDA with synthetic data.
 
-    python scripts/gpu_check.py              # on a machine with CUDA (exits 0 if there is none)
-    python scripts/gpu_check.py --cpu        # tiny smoke version on the CPU
-    scripts/gpu_check.sh [--epochs 5 ...]    # the same through the wrapper
+    scripts/gpu_check.sh                     # on a machine with CUDA (exits 0 if there is none)
+    scripts/gpu_check.sh --cpu               # tiny smoke version on the CPU
+    PYTHONPATH=src python scripts/gpu_check.py [--epochs 5 ...]   # the same without the wrapper
 
-Needs only torch and pytorch_lightning: bigdeep's models are imported from `src/` (no install,
-no mlflow/prefect/dvc). Data are synthetic, MNIST-shaped images (1x28x28, 10 classes) and
+Needs only torch and pytorch_lightning: bigdeep's models come from the installed package or,
+where bigdeep is not installed, from `src/` (the wrapper puts it on PYTHONPATH; no
+mlflow/prefect/dvc). Data are synthetic, MNIST-shaped images (1x28x28, 10 classes) and
 series windows (48 steps x 2 features), built so that the loss can fall. Prints samples/s,
 peak GPU memory and the final training loss per model; exits 1 if a loss is not finite.
 """
@@ -18,17 +19,13 @@ import math
 import sys
 import time
 import warnings
-from pathlib import Path
 
+import pytorch_lightning as pl
 import torch
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, TensorDataset
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-
-import pytorch_lightning as pl  # noqa: E402
-
-from bigdeep.models.cnn import ImageClassifier  # noqa: E402
-from bigdeep.models.rnn import SeriesForecaster  # noqa: E402
+from bigdeep.models.cnn import ImageClassifier
+from bigdeep.models.rnn import SeriesForecaster
 
 WINDOW, N_FEATURES = 48, 2
 

@@ -8,4 +8,6 @@ python="${PYTHON:-}"
 if [[ -z "$python" ]]; then
   if [[ -x .venv/bin/python ]]; then python=.venv/bin/python; else python=python3; fi
 fi
+# bigdeep's models from this checkout's src/, whether or not the project is installed
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 exec "$python" scripts/gpu_check.py "$@"

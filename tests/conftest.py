@@ -2,24 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # so tests can import flows.pipeline
+from bigdeep.env import apply_quiet_env
 
-for key, value in {
-    "DO_NOT_TRACK": "true",
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "DVC_NO_ANALYTICS": "1",
-    "GX_ANALYTICS_ENABLED": "false",
-    "MPLBACKEND": "Agg",
-}.items():
-    os.environ[key] = value
+apply_quiet_env(override=True)
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -24,15 +24,6 @@ import os
 import sys
 from pathlib import Path
 
-# Quiet and offline unless the user says otherwise (MLflow reads "true", not "1").
-QUIET_ENV = {
-    "DO_NOT_TRACK": "true",
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "DVC_NO_ANALYTICS": "1",
-    "GX_ANALYTICS_ENABLED": "false",
-}
-
 EXIT_FAILED, EXIT_CONFIG, EXIT_GATE = 1, 2, 3  # as in bigdeep.errors (kept light: no import)
 
 
@@ -111,6 +102,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from bigdeep.config import stage_option
     from bigdeep.train import Paths, train_cnn, train_rnn
 
     fit = {"cnn": train_cnn, "rnn": train_rnn}[args.model]
@@ -119,8 +111,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         data=Path(args.data),
         out=Path(args.out),
         metrics=Path(args.metrics),
-        plots=Path(args.plots or f"reports/train/{args.model}"),
-        checkpoints=Path(args.checkpoints or f"checkpoints/{args.model}"),
+        plots=Path(args.plots or stage_option(f"train_{args.model}", "--plots")),
+        checkpoints=Path(args.checkpoints or stage_option(f"train_{args.model}", "--checkpoints")),
         report=Path(args.report) if args.report else None,
     )
     result = fit(_settings(args), paths, resume=args.resume)
@@ -156,9 +148,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         _use_servers(Path(args.project) / ".bigdeep" / "servers")
         _print_store(_settings(args), Path(args.project) / ".bigdeep" / "servers")
         print(orchestration.connect(user_url), flush=True)  # PrefectUnavailable: one paragraph
-        # flows/ sits beside src/ in the checkout bigdeep is installed from (editable install).
-        sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-        from flows.pipeline import pipeline
+        from flows.pipeline import pipeline  # installed with bigdeep (pyproject.toml)
 
         orchestration.mark("flow module imported (prefect, yaml)")
         orchestration.quiet_outage_tracebacks()
@@ -309,30 +299,38 @@ def cmd_servers(args: argparse.Namespace) -> int:
     return 0
 
 
+def _lineage(args: argparse.Namespace) -> dict:
+    """registry.lineage of args.ref: read straight from a SQLite store (no MLflow import,
+    seconds faster), else through MlflowClient (a server, or what the fast reader declines)."""
+    from bigdeep.store_reader import read_lineage
+    from bigdeep.tracking import tracking_uri
+
+    uri = tracking_uri(_settings(args).mlflow)
+    info = read_lineage(uri, args.ref)
+    if info is None:
+        from mlflow.tracking import MlflowClient
+
+        from bigdeep.registry import lineage
+
+        info = lineage(MlflowClient(uri), args.ref)
+    return info
+
+
 def cmd_lineage(args: argparse.Namespace) -> int:
     import json
 
-    from mlflow.tracking import MlflowClient
-
-    from bigdeep.registry import lineage
-    from bigdeep.tracking import tracking_uri
-
     _use_servers(Path(".bigdeep/servers"))
     _print_store(_settings(args), file=sys.stderr)  # stdout stays JSON
-    client = MlflowClient(tracking_uri(_settings(args).mlflow))
-    print(json.dumps(lineage(client, args.ref), indent=2, sort_keys=True))
+    print(json.dumps(_lineage(args), indent=2, sort_keys=True))
     return 0
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
-    from mlflow.tracking import MlflowClient
-
-    from bigdeep.registry import RestoreError, lineage, restore_dir
-    from bigdeep.tracking import tracking_uri
+    from bigdeep.registry import RestoreError, restore_dir
 
     _use_servers(Path(".bigdeep/servers"))
     _print_store(_settings(args))
-    info = lineage(MlflowClient(tracking_uri(_settings(args).mlflow)), args.ref)
+    info = _lineage(args)
     from dvc.repo import Repo
 
     with Repo(".") as repo:  # the workspace cache first, then every local remote
@@ -373,7 +371,6 @@ def cmd_schedule(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_FAILED
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     from flows.pipeline import serve
 
     serve(
@@ -438,7 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--reference",
         help="folder of the accepted reference profiles, one <identity>.json per dataset "
-        "identity, for drift and volume drop (default: data/reference/<dataset>)",
+        "identity, for drift and volume drop (default: dvc.yaml's, data/reference/<dataset>)",
     )
     s.set_defaults(func=cmd_validate)
 
@@ -456,10 +453,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--metrics", required=True)
     s.add_argument("--report", help="the quality report to attach to the run")
     s.add_argument(
-        "--plots", help="folder for curves and evaluation plots (default reports/train/<model>)"
+        "--plots",
+        help="folder for curves and evaluation plots (default: dvc.yaml's, reports/train/<model>)",
     )
     s.add_argument(
-        "--checkpoints", help="folder for last/best checkpoints (default checkpoints/<model>)"
+        "--checkpoints",
+        help="folder for last/best checkpoints (default: dvc.yaml's, checkpoints/<model>)",
     )
     g = s.add_mutually_exclusive_group()
     g.add_argument(
@@ -547,8 +546,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    for key, value in QUIET_ENV.items():
-        os.environ.setdefault(key, value)
+    from bigdeep.env import apply_quiet_env
+
+    apply_quiet_env()  # quiet and offline unless the user says otherwise
     args = build_parser().parse_args(argv)
     code = _call(args)
     if args.command == "run" and argv is None and "bigdeep.orchestration" in sys.modules:

@@ -426,6 +426,82 @@ def load_settings(path: str | Path = "params.yaml") -> Settings:
         raise ConfigError(_describe(path, e)) from None
 
 
+# --- paths: dvc.yaml is their one home ------------------------------------------------------
+
+MODELS = {"images": "cnn", "series": "rnn"}  # each dataset's model: dvc.yaml's train_<model>
+
+
+def dvc_stage(stage: str, item: str | None = None, project: Path = Path(".")) -> dict:
+    """One stage of the project's dvc.yaml (a foreach stage's `do` body, `${item}` filled in).
+
+    The project's dvc.yaml; outside a project (a stage command run by hand in another folder),
+    the dvc.yaml of the checkout this code is installed from, whose paths are relative too.
+    """
+    path = Path(project) / "dvc.yaml"
+    if not path.is_file():
+        path = Path(__file__).resolve().parents[2] / "dvc.yaml"
+    try:
+        stages = yaml.safe_load(path.read_text(encoding="utf-8"))["stages"]
+        body = stages[stage].get("do") or stages[stage]
+    except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError):
+        raise ConfigError(
+            f"{Path(project) / 'dvc.yaml'}: no stage {stage!r} to take its paths from "
+            "(run from the project root, or pass the paths as options)"
+        ) from None
+    return _fill(body, "${item}", item) if item is not None else body
+
+
+def _fill(value, key: str, item: str):
+    if isinstance(value, str):
+        return value.replace(key, item)
+    if isinstance(value, list):
+        return [_fill(v, key, item) for v in value]
+    if isinstance(value, dict):
+        return {_fill(k, key, item): _fill(v, key, item) for k, v in value.items()}
+    return value
+
+
+def stage_option(
+    stage: str, option: str, item: str | None = None, project: Path = Path(".")
+) -> str:
+    """The value a stage's cmd in dvc.yaml gives `option`, e.g. train_cnn's `--plots`."""
+    import shlex
+
+    args = shlex.split(dvc_stage(stage, item, project)["cmd"])
+    if option not in args[:-1]:
+        raise ConfigError(
+            f"{Path(project) / 'dvc.yaml'}: stage {stage!r} has no {option} in its cmd; "
+            f"pass {option} explicitly"
+        )
+    return args[args.index(option) + 1]
+
+
+@dataclass(frozen=True)
+class StageFiles:
+    """The files the flow reads, taken from dvc.yaml: one fact in one place."""
+
+    fingerprint: str  # ingest's first dependency: data/sources/<dataset>.json
+    raw: str  # ingest's output: data/raw/<dataset>
+    report: str  # validate's metric: reports/quality/<dataset>.json
+    metrics: str  # train's metric: metrics/<model>.json
+    model_dir: str  # train's first output: models/<model> (run.json inside)
+
+
+def stage_files(project: Path, dataset: str) -> StageFiles:
+    def path(entry) -> str:  # an out with options is a one-key mapping
+        return next(iter(entry)) if isinstance(entry, dict) else entry
+
+    ingest = dvc_stage("ingest", dataset, project)
+    train = dvc_stage(f"train_{MODELS[dataset]}", None, project)
+    return StageFiles(
+        fingerprint=path(ingest["deps"][0]),
+        raw=path(ingest["outs"][0]),
+        report=path(dvc_stage("validate", dataset, project)["outs"][0]),
+        metrics=path(train["metrics"][0]),
+        model_dir=path(train["outs"][0]),
+    )
+
+
 def _describe(path: Path, e: ValidationError) -> str:
     lines = [f"{path}: {e.error_count()} invalid setting(s)"]
     for err in e.errors():

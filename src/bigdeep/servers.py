@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+from bigdeep.env import apply_quiet_env
 from bigdeep.errors import BigdeepError
 
 DEFAULT_STATE = Path(".bigdeep/servers")
@@ -85,13 +86,8 @@ def ensure_postgres_databases(url: str) -> tuple[str, str]:
 
 
 def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        DO_NOT_TRACK="true",
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        MLFLOW_DISABLE_TELEMETRY="true",
-        PYTHONUNBUFFERED="1",
-    )
+    env = apply_quiet_env(dict(os.environ), override=True)
+    env["PYTHONUNBUFFERED"] = "1"
     return env
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from bigdeep.config import MlflowSettings
+from bigdeep.config import MlflowSettings, stage_files
 from bigdeep.errors import BigdeepError
 
 
@@ -206,7 +206,7 @@ def data_version(lock_path: Path, processed_dir: Path, raw_name: str) -> DataVer
     data has no DVC version: say so, with a content hash so runs stay comparable.
     """
     outs = lock_outs(lock_path)
-    raw = f"data/raw/{raw_name}"
+    raw = stage_files(Path(lock_path).parent, raw_name).raw  # dvc.yaml beside dvc.lock
     processed = Path(processed_dir).as_posix()
     fallback = "unversioned:" + dir_sha256(Path(processed_dir))[:16]
     return DataVersion(

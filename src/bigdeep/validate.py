@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bigdeep.config import Settings
+from bigdeep.config import Settings, stage_option
 from bigdeep.errors import UsageError
 from bigdeep.quality.docs import write_docs
 from bigdeep.quality.drift import load_reference, write_reference
@@ -40,7 +40,10 @@ from bigdeep.quality.gate import (
     write_report,
 )
 
-REFERENCE_DIR = Path("data/reference")  # default of `bigdeep validate --reference`: <it>/<dataset>
+
+def default_references(dataset: str) -> Path:
+    """The folder dvc.yaml's validate stage gives `--reference` (data/reference/<dataset>)."""
+    return Path(stage_option("validate", "--reference", dataset))
 
 
 def reference_path(references_dir: Path, identity: str) -> Path:
@@ -64,12 +67,12 @@ def validate(
     now: pd.Timestamp | None = None,
 ) -> GateResult:
     """Run the gate on `raw_dir` against the reference of the dataset's identity, in
-    references_dir (default data/reference/<dataset>, relative to the working directory, the
-    project root under DVC)."""
+    references_dir (default: dvc.yaml's, data/reference/<dataset>, relative to the working
+    directory, the project root under DVC)."""
     if report_path.name != f"{dataset}.json":
         raise ValueError(f"--report must be <dir>/{dataset}.json, got {report_path}")
     identity = getattr(settings.data, dataset).identity
-    path = reference_path(references_dir or REFERENCE_DIR / dataset, identity)
+    path = reference_path(references_dir or default_references(dataset), identity)
     reference = load_reference(path, identity=identity)
     if dataset == "images":
         result = gate_images(

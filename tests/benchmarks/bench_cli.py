@@ -1,14 +1,16 @@
 """Wall-clock of the small commands and of a rerun with nothing changed (issue 10, items 1-2).
 
-    python tests/benchmarks/bench_cli.py                       # quiet machine
-    python tests/benchmarks/bench_cli.py --load 2              # with two CPU-burning loops
-    python tests/benchmarks/bench_cli.py --src <other checkout>/src  # another checkout's code, side by side
-    python tests/benchmarks/bench_cli.py --server              # reruns through a running Prefect server
+    python -m tests.benchmarks.bench_cli                       # quiet machine
+    python -m tests.benchmarks.bench_cli --load 2              # with two CPU-burning loops
+    python -m tests.benchmarks.bench_cli --src <other checkout>/src  # another checkout's code, side by side
+    python -m tests.benchmarks.bench_cli --server              # reruns through a running Prefect server
 
 A small project (the e2e tests' SMALL slice) is made once under --project and run once;
 then every command is timed --repeats times in a fresh process, and the median printed:
 `bigdeep --help`, `servers status`, `lineage bigdeep-cnn@champion`, and `bigdeep run`
 (nothing changed: every stage skipped). Targets: small commands <= 3 s, the rerun <= 10 s.
+`lineage` is also timed the old way, through MlflowClient (what it does for a server), with
+the ratio and a check that both print the same. `--only lineage` times just those two.
 `BIGDEEP_PROFILE=1` makes `bigdeep run` print where its time went (stderr, `profile:` lines).
 """
 
@@ -24,6 +26,19 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+# `bigdeep lineage` before the SQLite reader: the MLflow import and the SQLAlchemy store.
+OLD_LINEAGE = """
+import json, sys
+from mlflow.tracking import MlflowClient
+from bigdeep.config import load_settings
+from bigdeep.registry import lineage
+from bigdeep.tracking import describe_store, tracking_uri
+s = load_settings()
+print(describe_store(s.mlflow), file=sys.stderr)
+print(json.dumps(lineage(MlflowClient(tracking_uri(s.mlflow)), sys.argv[1]), indent=2, sort_keys=True))
+"""
 
 
 def _burn(_: int) -> None:
@@ -50,7 +65,6 @@ def _time(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, str]:
 def _project(path: Path, env: dict[str, str]) -> Path:
     if (path / "dvc.lock").exists():
         return path
-    sys.path.insert(0, str(ROOT))
     import yaml
 
     from tests.e2e.helpers import SMALL, make_project
@@ -69,6 +83,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--load", type=int, default=0, help="CPU-burning loops during the timings")
     ap.add_argument("--server", action="store_true", help="start `bigdeep servers up` first")
+    ap.add_argument("--only", nargs="+", help="time only the cases whose name starts so")
     args = ap.parse_args()
 
     env = _env(args.src.resolve())
@@ -81,8 +96,12 @@ def main() -> None:
         "--help": [*bigdeep, "--help"],
         "servers status": [*bigdeep, "servers", "status"],
         "lineage": [*bigdeep, "lineage", "bigdeep-cnn@champion"],
+        "lineage via MlflowClient": [sys.executable, "-c", OLD_LINEAGE, "bigdeep-cnn@champion"],
         "run (nothing changed)": [*bigdeep, "run"],
     }
+    if args.only:
+        cases = {k: v for k, v in cases.items() if k.startswith(tuple(args.only))}
+    medians, outputs = {}, {}
     burners = [
         multiprocessing.Process(target=_burn, args=(i,), daemon=True) for i in range(args.load)
     ]
@@ -94,11 +113,18 @@ def main() -> None:
             runs = [
                 _time(cmd, project, {**env, "BIGDEEP_PROFILE": "1"}) for _ in range(args.repeats)
             ]
-            took = statistics.median(t for t, _ in runs)
+            took = medians[name] = statistics.median(t for t, _ in runs)
+            outputs[name] = runs[-1][1]
             print(f"  {name:<24} {took:6.1f}   (each: {', '.join(f'{t:.1f}' for t, _ in runs)})")
             if name.startswith("run"):
                 profile = [ln for ln in runs[-1][1].splitlines() if "profile:" in ln]
                 print("\n".join(f"      {ln.strip()}" for ln in profile) or "      (no profile)")
+        if "lineage" in medians and "lineage via MlflowClient" in medians:
+            same = outputs["lineage"] == outputs["lineage via MlflowClient"]
+            print(
+                f"  lineage / via MlflowClient: {medians['lineage'] / medians['lineage via MlflowClient']:.2f}"
+                f"  (same output: {'yes' if same else 'NO'})"
+            )
     finally:
         for b in burners:
             b.kill()

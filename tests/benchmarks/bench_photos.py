@@ -1,7 +1,7 @@
 """A folder of real photos through the stages, timed: ingest, validate, prepare, train.
 
-    python tests/benchmarks/bench_photos.py                          # 3 classes x 40 photos, 64x64 RGB
-    python tests/benchmarks/bench_photos.py --classes 3 --per-class 40 --size 64 --epochs 2
+    python -m tests.benchmarks.bench_photos              # 3 classes x 40 photos, 64x64 RGB
+    python -m tests.benchmarks.bench_photos --classes 3 --per-class 40 --size 64 --epochs 2
 
 Each stage is the real CLI (`bigdeep <stage>`, a fresh process, as DVC runs it) in a temp
 project with its own SQLite MLflow store; the photos are JPEG and PNG, RGB, RGBA and grey,
@@ -25,10 +25,9 @@ from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
+from tests.unit.images import photo_folder  # run from the checkout's root: python -m
 
-from tests.unit.images import photo_folder  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def main() -> None:

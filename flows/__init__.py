@@ -1,0 +1,1 @@
+"""The pipeline as a Prefect flow (pipeline.py); installed with bigdeep (pyproject.toml)."""
