@@ -12,15 +12,22 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from bigdeep.config import ImagePrepare, ImageQuality, SeriesData, SeriesQuality
 from bigdeep.quality.ranges import ValueRange
+from bigdeep.quality.results import Run, Table
 from bigdeep.quality.suites import (
+    DATASET,
+    NUMERIC_TYPES,
+    RECORD,
+    Check,
     class_count_suite,
     drift_suite,
     image_suite,
     series_suite,
+    suite,
     summary_suite,
 )
 from bigdeep.quality.timeline import Timeline
@@ -103,7 +110,7 @@ def _json(value: Any) -> Any:
 
 
 def built() -> dict[str, Any]:
-    return {case: expectations(suite) for case, suite in _suites().items()}
+    return {case: expectations(suite.gx) for case, suite in _suites().items()}
 
 
 @pytest.fixture(scope="module")
@@ -114,11 +121,11 @@ def golden() -> dict[str, Any]:
 def test_rows_build_the_suites_the_literals_built(golden):
     now = built()
     assert sorted(now) == sorted(golden)
-    for case, suite in golden.items():
-        assert now[case]["name"] == suite["name"], case
+    for case, frozen in golden.items():
+        assert now[case]["name"] == frozen["name"], case
         checks = [e["meta"]["check"] for e in now[case]["expectations"]]
-        assert checks == [e["meta"]["check"] for e in suite["expectations"]], case
-        for mine, theirs in zip(now[case]["expectations"], suite["expectations"], strict=True):
+        assert checks == [e["meta"]["check"] for e in frozen["expectations"]], case
+        for mine, theirs in zip(now[case]["expectations"], frozen["expectations"], strict=True):
             # as text: 0 and 0.0 are equal numbers, but not the same kwarg
             assert _text(mine) == _text(theirs), (case, theirs["meta"]["check"])
 
@@ -136,3 +143,67 @@ def test_golden_cases_reach_every_branch(golden):
         if e["meta"]["check"].endswith("_finite")
     }
     assert finite == {"expect_column_values_to_be_between", "expect_column_values_to_match_regex"}
+
+
+# --- a row, end to end: built, validated on a tiny table, said --------------------------------
+
+
+def test_scope_decides_critical_and_record_level_in_the_meta():
+    record = Check("x_max", "validity", RECORD, "ColumnValuesToBeBetween", "x", {"max_value": 5},
+                   'record "{key}" has x {value}', "every x is at most 5", observed_column="why")  # fmt: skip
+    dataset = Check("gap", "velocity", DATASET, "ColumnValuesToBeBetween", "s", {"max_value": 60},
+                    "gap of {value}", "no gap over 1min", duration=True)  # fmt: skip
+    built = suite("toy", [record, dataset]).gx.expectations
+    assert [e.meta for e in built] == [
+        {"v": "validity", "critical": False, "record_level": True, "check": "x_max",
+         "says": 'record "{key}" has x {value}', "observed_column": "why"},
+        {"v": "velocity", "critical": True, "record_level": False, "check": "gap",
+         "says": "gap of {value}", "format": "duration"},
+    ]  # fmt: skip
+    assert [e.expectation_type for e in built] == ["expect_column_values_to_be_between"] * 2
+    assert built[0].configuration.kwargs == {"column": "x", "max_value": 5}
+    assert built[1].notes == "no gap over 1min"
+
+
+def test_a_suite_refuses_two_rows_of_one_name():
+    row = Check("x_max", "validity", RECORD, "ColumnValuesToBeBetween", "x", {"max_value": 5},
+                "x", "x")  # fmt: skip
+    with pytest.raises(ValueError, match="a column is checked twice"):
+        suite("toy", [row, row])
+
+
+def test_sentences_come_from_the_row_fields():
+    """A record check says one sentence per failing key (its row read through {rec[...]}), is
+    quarantined and counts towards the fraction; a `once` check says one sentence for the
+    table even when GX names every failing row (a type check on a mixed column does)."""
+    rows = [
+        Check("x_max", "validity", RECORD, "ColumnValuesToBeBetween", "x", {"max_value": 5},
+              'record "{key}" has x {value} ({rec[note]})', "every x is at most 5"),
+        Check("y_type", "variety", DATASET, "ColumnValuesToBeInTypeList", "y",
+              {"type_list": NUMERIC_TYPES}, 'column "{column}" has type {dtype}, not numeric',
+              "y is numeric", once=True),
+    ]  # fmt: skip
+    frame = pd.DataFrame(
+        {
+            "id": ["a", "b", "c"],
+            "x": [1.0, 7.0, 9.5],
+            "y": pd.array([1.0, "seven", None], dtype=object),
+            "note": ["fine", "typo", "sensor"],
+        }
+    )
+    toy = suite("toy", rows)
+    run = Run("toy", [toy])
+    run.validate(toy, Table(frame, "id"))
+    verdict = run.verdict(3, 0.5, "records")
+
+    assert verdict.failures == [
+        'toy: record "b" has x 7 (typo)',
+        'toy: record "c" has x 9.5 (sensor)',
+        'toy: column "y" has type object, not numeric',
+        "toy: 2 of 3 records quarantined (66.67%), over max_quarantine_fraction=0.5",
+    ]
+    assert verdict.quarantine.values.tolist() == [["b", "x_max", "7"], ["c", "x_max", "9.5"]]
+    x, y = verdict.entries
+    assert (x["critical"], x["record_level"], x["examples"]) == (False, True, ["b", "c"])
+    assert (y["critical"], y["record_level"], y["examples"]) == (True, False, [])
+    assert not verdict.passed
