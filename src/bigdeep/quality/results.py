@@ -79,19 +79,20 @@ class _Outcome:
 
 
 _UNSET: Any = object()
+_FIRST: Any = object()
 
 
 @dataclass
 class _Rec:
     """A row of a small table as text, for sentences that read `{rec[column]}`; looked up
-    only then. key None: the table's first row."""
+    only then. The table's first row unless a key is given."""
 
     table: Table
-    key: Any = None
+    key: Any = _FIRST
 
     def __getitem__(self, column: str) -> str:
         table = self.table
-        key = table.frame[table.key].iloc[0] if self.key is None else self.key
+        key = table.frame[table.key].iloc[0] if self.key is _FIRST else self.key
         return _record(table, key)[column]
 
 

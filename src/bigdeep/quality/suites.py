@@ -57,16 +57,9 @@ FLOAT_MAX = float(np.finfo(np.float64).max)
 
 # The profile's numeric columns and the type GX sees for each. (GX 1.24 cannot match
 # pandas' `str` dtype by name, so text columns are checked for presence only.)
-_PROFILE_TYPES = {
-    "decodes": "bool",
-    "height": "Int64Dtype",
-    "width": "Int64Dtype",
-    "channels": "Int64Dtype",
-    "bit_depth": "Int64Dtype",
-    "pixel_min": "float64",
-    "pixel_max": "float64",
-    "pixel_mean": "float64",
-}
+_PROFILE_TYPES = {"decodes": "bool", "height": "Int64Dtype", "width": "Int64Dtype",
+                  "channels": "Int64Dtype", "bit_depth": "Int64Dtype", "pixel_min": "float64",
+                  "pixel_max": "float64", "pixel_mean": "float64"}  # fmt: skip
 
 # The columns of the small tables the gate builds (and what identifies their rows).
 CLASS_COLUMNS = ["class", "records", "imbalance"]  # key: class
