@@ -244,7 +244,7 @@ def plain_series(store: Path) -> dict:
 def _measure(kind: str, mode: str, store: Path) -> dict:
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     from bigdeep.config import ImageQuality, SeriesData, SeriesQuality
-    from bigdeep.quality import checks
+    from bigdeep.quality import results as checks
     from bigdeep.quality.gate import gate_images, gate_series
 
     t = time.perf_counter()

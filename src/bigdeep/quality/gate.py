@@ -13,7 +13,7 @@ Record-level checks run on every chunk and their results are merged; dataset-lev
 (row count, drop, classes, balance, drift, freshness) run once on small tables built from
 what the chunks added up to. The gate fails when the dataset is empty, when a critical
 expectation fails (or one could not run), or when the quarantined fraction of records
-exceeds max_quarantine_fraction (checks.py merges and decides). The `write_*` functions are
+exceeds max_quarantine_fraction (results.py merges and decides). The `write_*` functions are
 the only I/O besides reading the raw store.
 """
 
@@ -35,7 +35,6 @@ import pyarrow.parquet as pq
 from bigdeep.config import ImagePrepare, ImageQuality, SeriesData, SeriesQuality
 from bigdeep.data.images import conversion_text
 from bigdeep.data.store import shard_paths
-from bigdeep.quality.checks import QUARANTINE_COLUMNS, Run, Table, Verdict, iso, plain
 from bigdeep.quality.drift import ProfileBuilder, Reference, edges_between
 from bigdeep.quality.profile import (
     CHUNK_ROWS,
@@ -46,6 +45,7 @@ from bigdeep.quality.profile import (
     iter_image_profiles,
 )
 from bigdeep.quality.ranges import RobustSample, add_finite_columns, hashes, value_ranges
+from bigdeep.quality.results import QUARANTINE_COLUMNS, Run, Table, Verdict, iso, plain
 from bigdeep.quality.suites import (
     CLASS_COLUMNS,
     DRIFT_COLUMNS,

@@ -1,18 +1,24 @@
-"""Great Expectations suites, built from the settings, grouped by the V each check guards.
+"""Great Expectations suites as tables: one row (`Check`) per expectation, built from the settings.
 
-Every expectation carries `meta`:
-  v             volume | variety | validity | velocity
-  critical      a failure fails the gate on its own
-  record_level  a failure names records; they are quarantined, and the gate fails when too
-                many are (the fraction, not the expectation, decides)
-  check         short name, unique in its suite; the `check` column of the quarantine
-  says          the failure sentence, formatted by the gate with: key (record id / row /
-                class / measure), ts (the row's timestamp), column, value, value_repr (quoted
-                if text), rec (the failing row of a small table, e.g. {rec[records]}), dtype,
-                columns (seen), missing (columns), hint (a likely rename), start (of a gap)
-  observed_column  (optional) the column whose value explains a record's failure
-  observe       (optional) the column whose (first) value is the check's observed value
-  format        (optional) "duration": the value is seconds, shown as 1h30min
+A row says what one check is, in the order the tables below give it:
+  name    unique in its suite; the `check` column of the quarantine and of the report
+  v       the V it guards: volume | variety | validity | velocity
+  scope   record: a failure names records, which are quarantined; the gate fails when too many
+          are (max_quarantine_fraction decides, not the check). dataset: a failure fails the
+          gate on its own
+  expect  the GX expectation (`Expect` + this), its column and its other arguments
+  says    the failure sentence, formatted by results.py from the fields: key (record id / row /
+          class / measure), ts (the row's timestamp), column, value, value_repr (quoted if
+          text), rec (the failing row of a small table, e.g. {rec[records]}), dtype, columns
+          (seen), missing (columns), hint (a likely rename), start (of a gap)
+  notes   what passing means, for the report
+and, where they apply: once (a fact about the whole table: one sentence, not one per failing
+key), observe (the column whose first value is the observed value), observed_column (the
+column whose value explains a record's failure), duration (the value is seconds: 1h30min).
+
+`expectation` makes a row the GX expectation, with the row in its `meta` (v, critical,
+record_level, check, says, ...: what Data Docs shows and validation results carry back).
+Adding a check: a row in the builder of its table, and a test that makes it fail.
 
 Each dataset is validated as several tables, each with its suite:
   images  the profile (one row per image, validated chunk by chunk), the per-class counts,
@@ -24,36 +30,25 @@ Each dataset is validated as several tables, each with its suite:
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING, Any, Literal
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 
 from bigdeep.config import ImagePrepare, ImageQuality, SeriesData, SeriesQuality
 from bigdeep.quality.profile import PROFILE_COLUMNS, mode_bands
 from bigdeep.quality.ranges import ValueRange, finite_column
-from bigdeep.quality.timeline import Timeline
-
-if TYPE_CHECKING:
-    import great_expectations as gx
+from bigdeep.quality.timeline import ZONE_COLUMN, Timeline, duration_text
 
 V = Literal["volume", "variety", "validity", "velocity"]
 VS: tuple[V, ...] = ("volume", "variety", "validity", "velocity")
+Scope = Literal["record", "dataset"]
+RECORD: Scope = "record"
+DATASET: Scope = "dataset"
 
 # The pandas dtypes GX's type-list check accepts as numbers.
-NUMERIC_TYPES = [
-    "float64",
-    "float32",
-    "int64",
-    "int32",
-    "int16",
-    "int8",
-    "uint64",
-    "uint32",
-    "uint16",
-    "uint8",
-    "Float64Dtype",
-    "Int64Dtype",
-]
+NUMERIC_TYPES = ["float64", "float32", "int64", "int32", "int16", "int8"]
+NUMERIC_TYPES += ["uint64", "uint32", "uint16", "uint8", "Float64Dtype", "Int64Dtype"]
 
 # Text that parses as a finite number. GX matches a numeric column on its text form, so
 # this rejects inf, -inf and words in one check; missing values are left to `<column>_present`.
@@ -62,61 +57,79 @@ FLOAT_MAX = float(np.finfo(np.float64).max)
 
 # The profile's numeric columns and the type GX sees for each. (GX 1.24 cannot match
 # pandas' `str` dtype by name, so text columns are checked for presence only.)
-_PROFILE_TYPES = {
-    "decodes": ["bool"],
-    "height": ["Int64Dtype"],
-    "width": ["Int64Dtype"],
-    "channels": ["Int64Dtype"],
-    "bit_depth": ["Int64Dtype"],
-    "pixel_min": ["float64"],
-    "pixel_max": ["float64"],
-    "pixel_mean": ["float64"],
-}
+_PROFILE_TYPES = {"decodes": "bool", "height": "Int64Dtype", "width": "Int64Dtype",
+                  "channels": "Int64Dtype", "bit_depth": "Int64Dtype", "pixel_min": "float64",
+                  "pixel_max": "float64", "pixel_mean": "float64"}  # fmt: skip
 
 # The columns of the small tables the gate builds (and what identifies their rows).
 CLASS_COLUMNS = ["class", "records", "imbalance"]  # key: class
-# key: dataset
-SUMMARY_COLUMNS = [
-    "dataset",
-    "rows",
-    "reference_rows",
-    "drop_pct",
-    "newest",
-    "age_s",
-    "extra_columns",
-]
+SUMMARY_COLUMNS = ["dataset", "rows", "reference_rows", "drop_pct", "newest", "age_s"]
+SUMMARY_COLUMNS += ["extra_columns"]  # key: dataset
 DRIFT_COLUMNS = ["measure", "js", "linf"]  # key: measure
 
 
-def _expect(
-    kind: type,
-    *,
-    v: V,
-    check: str,
-    critical: bool,
-    record_level: bool,
-    notes: str,
-    says: str,
-    observed_column: str | None = None,
-    observe: str | None = None,
-    format: str | None = None,
-    **kwargs: Any,
-) -> Any:
-    meta: dict[str, Any] = {
-        "v": v,
-        "critical": critical,
-        "record_level": record_level,
-        "check": check,
-        "says": says,
-    }
-    for key, value in (
-        ("observed_column", observed_column),
-        ("observe", observe),
-        ("format", format),
-    ):
-        if value:
-            meta[key] = value
-    return kind(meta=meta, notes=notes, **kwargs)
+@dataclass(frozen=True)
+class Check:
+    """One expectation as a row (see the module docstring)."""
+
+    name: str
+    v: V
+    scope: Scope
+    expect: str
+    column: str | None
+    args: dict[str, Any]
+    says: str
+    notes: str
+    once: bool = False
+    observe: str | None = None
+    observed_column: str | None = None
+    duration: bool = False
+
+    @property
+    def critical(self) -> bool:
+        return self.scope == DATASET
+
+    @property
+    def record_level(self) -> bool:
+        return self.scope == RECORD
+
+
+def expectation(check: Check) -> Any:
+    """The GX expectation of a row, the row's fields in its meta."""
+    import great_expectations.expectations as gxe
+
+    c = check
+    meta = {"v": c.v, "critical": c.critical, "record_level": c.record_level, "check": c.name}
+    meta["says"] = c.says
+    optional = [("observed_column", c.observed_column), ("observe", c.observe)]
+    optional.append(("format", "duration" if c.duration else None))
+    meta |= {key: value for key, value in optional if value}
+    column = {} if c.column is None else {"column": c.column}
+    return getattr(gxe, "Expect" + c.expect)(meta=meta, notes=c.notes, **column, **c.args)
+
+
+@dataclass(frozen=True)
+class Suite:
+    """A table's checks: the rows, and the GX suite built from them."""
+
+    name: str
+    checks: tuple[Check, ...]
+    gx: Any  # great_expectations.ExpectationSuite
+
+
+def suite(name: str, checks: list[Check]) -> Suite:
+    import great_expectations as gx
+
+    gx_context()
+    names = [c.name for c in checks]
+    if len(names) != len(set(names)):  # e.g. the target also listed as a feature
+        raise ValueError(f"suite {name}: a column is checked twice ({', '.join(names)})")
+    built = gx.ExpectationSuite(name=name)
+    for check in checks:
+        built.add_expectation(expectation(check))
+    if len(built.expectations) != len(checks):  # GX silently merged two equal ones
+        raise ValueError(f"suite {name}: two checks are the same expectation ({', '.join(names)})")
+    return Suite(name, tuple(checks), built)
 
 
 @functools.cache
@@ -130,38 +143,16 @@ def gx_context() -> Any:
     return context
 
 
-def _suite(name: str, expectations: list[Any]) -> gx.ExpectationSuite:
-    import great_expectations as gx
-
-    gx_context()
-
-    checks = [e.meta["check"] for e in expectations]
-    if len(checks) != len(set(checks)):  # e.g. the target also listed as a feature
-        raise ValueError(f"suite {name}: a column is checked twice ({', '.join(checks)})")
-    suite = gx.ExpectationSuite(name=name)
-    for expectation in expectations:
-        suite.add_expectation(expectation)
-    if len(suite.expectations) != len(expectations):  # GX silently merged two equal ones
-        raise ValueError(f"suite {name}: two checks are the same expectation ({', '.join(checks)})")
-    return suite
+def _column_exists(c: str) -> Check:
+    return Check(f"column_{c}", "variety", DATASET, "ColumnToExist", c, {},
+                 'column "{column}" missing (columns seen: {columns}){hint}',
+                 f"column {c!r} is present", once=True)  # fmt: skip
 
 
-def _columns_exist(columns: list[str], v: V = "variety") -> list[Any]:
-    import great_expectations.expectations as gxe
-
-    return [
-        _expect(
-            gxe.ExpectColumnToExist,
-            v=v,
-            check=f"column_{c}",
-            critical=True,
-            record_level=False,
-            notes=f"column {c!r} is present",
-            says='column "{column}" missing (columns seen: {columns}){hint}',
-            column=c,
-        )
-        for c in columns
-    ]
+def _type(c: str, types: list[str], wanted: str, notes: str) -> Check:
+    return Check(f"type_{c}", "variety", DATASET, "ColumnValuesToBeInTypeList", c,
+                 {"type_list": types}, f'column "{{column}}" has type {{dtype}}, {wanted}',
+                 notes, once=True)  # fmt: skip
 
 
 # --- every dataset: the one-row summary and the drift table ---------------------------------
@@ -175,416 +166,183 @@ def summary_suite(
     noun: str,
     max_age_s: float | None = None,
     forbid_extra_columns: bool = False,
-) -> gx.ExpectationSuite:
+) -> Suite:
     """Dataset-level volume (and freshness, extra columns) checks on the one-row summary."""
-    import great_expectations.expectations as gxe
-
+    lo, hi, drop, age = min_rows, max_rows, f"{max_drop_pct:g}", _duration(max_age_s)
+    # fmt: off
     checks = [
-        _expect(
-            gxe.ExpectColumnMaxToBeBetween,
-            v="volume",
-            check="row_count",
-            critical=True,
-            record_level=False,
-            notes=f"between {min_rows} and {max_rows} {noun}; an empty or header-only dataset fails",
-            says=f"{{value}} {noun}, expected between {min_rows} and {max_rows}",
-            column="rows",
-            min_value=min_rows,
-            max_value=max_rows,
-        ),
-        _expect(
-            gxe.ExpectColumnValuesToBeBetween,
-            v="volume",
-            check="row_drop",
-            critical=True,
-            record_level=False,
-            notes=f"at most {max_drop_pct:g}% fewer {noun} than the last accepted version",
-            says=(
-                f"{{rec[rows]}} {noun}, {{value}}% fewer than the {{rec[reference_rows]}} of the "
-                f"last accepted version (max_drop_pct={max_drop_pct:g})"
-            ),
-            observe="drop_pct",
-            column="drop_pct",
-            max_value=max_drop_pct,
-        ),
+        Check("row_count", "volume", DATASET, "ColumnMaxToBeBetween", "rows",
+              {"min_value": lo, "max_value": hi},
+              f"{{value}} {noun}, expected between {lo} and {hi}",
+              f"between {lo} and {hi} {noun}; an empty or header-only dataset fails", once=True),
+        Check("row_drop", "volume", DATASET, "ColumnValuesToBeBetween", "drop_pct",
+              {"max_value": max_drop_pct},
+              f"{{rec[rows]}} {noun}, {{value}}% fewer than the {{rec[reference_rows]}} of the "
+              f"last accepted version (max_drop_pct={drop})",
+              f"at most {drop}% fewer {noun} than the last accepted version",
+              once=True, observe="drop_pct"),
     ]
     if forbid_extra_columns:
         checks.append(
-            _expect(
-                gxe.ExpectColumnValuesToBeNull,
-                v="variety",
-                check="columns_extra",
-                critical=True,
-                record_level=False,
-                notes="no columns besides the timestamp, target and features",
-                says="extra columns: {value} (allow_extra_columns is false; renamed?)",
-                observe="extra_columns",
-                column="extra_columns",
-            )
-        )
+            Check("columns_extra", "variety", DATASET, "ColumnValuesToBeNull", "extra_columns", {},
+                  "extra columns: {value} (allow_extra_columns is false; renamed?)",
+                  "no columns besides the timestamp, target and features",
+                  once=True, observe="extra_columns"))
     if max_age_s is not None:
         checks.append(
-            _expect(
-                gxe.ExpectColumnValuesToBeBetween,
-                v="velocity",
-                check="freshness",
-                critical=True,
-                record_level=False,
-                notes=f"the newest row is at most {_duration(max_age_s)} old",
-                says=(
-                    f"the newest row ({{rec[newest]}}) is {{value}} old, over "
-                    f"max_age={_duration(max_age_s)}"
-                ),
-                observe="age_s",
-                format="duration",
-                column="age_s",
-                max_value=max_age_s,
-            )
-        )
-    return _suite(f"{name}_summary", checks)
+            Check("freshness", "velocity", DATASET, "ColumnValuesToBeBetween", "age_s",
+                  {"max_value": max_age_s},
+                  f"the newest row ({{rec[newest]}}) is {{value}} old, over max_age={age}",
+                  f"the newest row is at most {age} old",
+                  once=True, observe="age_s", duration=True))
+    # fmt: on
+    return suite(f"{name}_summary", checks)
 
 
-def drift_suite(name: str, max_js: float, max_linf: float) -> gx.ExpectationSuite:
+def drift_suite(name: str, max_js: float, max_linf: float) -> Suite:
     """Distribution drift against the last accepted version, one row per measure."""
-    import great_expectations.expectations as gxe
-
-    return _suite(
-        f"{name}_drift",
-        [
-            _expect(
-                gxe.ExpectColumnValuesToBeBetween,
-                v="variety",
-                check="drift_js",
-                critical=True,
-                record_level=False,
-                notes=(
-                    f"Jensen-Shannon divergence (base 2) of each numeric measure's histogram vs "
-                    f"the last accepted version at most {max_js:g}"
-                ),
-                says=(
-                    f'"{{key}}" drifted: Jensen-Shannon divergence {{value}} vs the last accepted '
-                    f"version, over max_drift_js={max_js:g}"
-                ),
-                column="js",
-                max_value=max_js,
-            ),
-            _expect(
-                gxe.ExpectColumnValuesToBeBetween,
-                v="variety",
-                check="drift_linf",
-                critical=True,
-                record_level=False,
-                notes=(
-                    f"L-infinity distance of each categorical measure's frequencies vs the last "
-                    f"accepted version at most {max_linf:g}"
-                ),
-                says=(
-                    f'"{{key}}" frequencies drifted: L-infinity {{value}} vs the last accepted '
-                    f"version, over max_drift_linf={max_linf:g}"
-                ),
-                column="linf",
-                max_value=max_linf,
-            ),
-        ],
-    )
+    than = "vs the last accepted version"
+    # fmt: off
+    return suite(f"{name}_drift", [
+        Check("drift_js", "variety", DATASET, "ColumnValuesToBeBetween", "js", {"max_value": max_js},
+              f'"{{key}}" drifted: Jensen-Shannon divergence {{value}} {than}, over '
+              f"max_drift_js={max_js:g}",
+              f"Jensen-Shannon divergence (base 2) of each numeric measure's histogram {than} "
+              f"at most {max_js:g}"),
+        Check("drift_linf", "variety", DATASET, "ColumnValuesToBeBetween", "linf",
+              {"max_value": max_linf},
+              f'"{{key}}" frequencies drifted: L-infinity {{value}} {than}, over '
+              f"max_drift_linf={max_linf:g}",
+              f"L-infinity distance of each categorical measure's frequencies {than} at most "
+              f"{max_linf:g}"),
+    ])
+    # fmt: on
 
 
 # --- images: the profile table (one row per image) ------------------------------------------
 
 
-def image_suite(
-    settings: ImageQuality, conversion: ImagePrepare | None = None
-) -> gx.ExpectationSuite:
+def image_suite(settings: ImageQuality, conversion: ImagePrepare | None = None) -> Suite:
     """Expectations on the image profile (`profile.profile_images`), keyed by record_id.
 
     With a conversion (`prepare.images.size` / `.mode`), the shape checks it covers ask that
     an image can be converted, not that it has the target shape already.
     """
-    c = conversion or ImagePrepare()
-    return _suite(
-        "images",
-        _image_variety(settings, c) + _image_validity(settings, c),
-    )
-
-
-def _image_variety(s: ImageQuality, c: ImagePrepare) -> list[Any]:
-    import great_expectations.expectations as gxe
-
-    shape = [_shape_check(*args) for args in _shape_checks(s, c)]
-    return (
-        [
-            _expect(
-                gxe.ExpectTableColumnsToMatchSet,
-                v="variety",
-                check="columns",
-                critical=True,
-                record_level=False,
-                notes="the profile has every column of profile.PROFILE_COLUMNS",
-                says="profile columns missing: {missing} (columns seen: {columns})",
-                column_set=list(PROFILE_COLUMNS),
-                exact_match=False,
-            )
-        ]
-        + [
-            _expect(
-                gxe.ExpectColumnValuesToBeInTypeList,
-                v="variety",
-                check=f"type_{column}",
-                critical=True,
-                record_level=False,
-                notes=f"column {column!r} has type {types[0]}",
-                says=f'column "{{column}}" has type {{dtype}}, expected {types[0]}',
-                column=column,
-                type_list=types,
-            )
-            for column, types in _PROFILE_TYPES.items()
-        ]
-        + shape
-    )
-
-
-def _shape_check(check: str, column: str, expected: Any, notes: str, says: str) -> Any:
-    """A record-level variety check: `expected` is a value, a list of values or a
-    (min, max) range (a tuple; None for no bound)."""
-    import great_expectations.expectations as gxe
-
-    common = dict(v="variety", check=check, critical=False, record_level=True, column=column)
-    if isinstance(expected, tuple):
-        low, high = expected
-        return _expect(
-            gxe.ExpectColumnValuesToBeBetween,
-            notes=notes,
-            says=says,
-            min_value=low,
-            max_value=high,
-            **common,
-        )
-    values = expected if isinstance(expected, list) else [expected]
-    return _expect(
-        gxe.ExpectColumnValuesToBeInSet, notes=notes, says=says, value_set=values, **common
-    )
-
-
-def _shape_checks(s: ImageQuality, c: ImagePrepare) -> list[tuple[str, str, Any, str, str]]:
-    """(check, column, expected, notes, says) of the height, width, mode, channels and
-    bit-depth checks: the target shape, or what can be converted to it."""
-    from bigdeep.data.images import CONVERTIBLE_MODES
-
-    channels, bit_depth = mode_bands(s.mode)
-    out = []
-    if c.size is None:
-        out += [
-            (
-                "height",
-                "height",
-                s.height,
-                f"every image is {s.height} pixels high",
-                f'record "{{key}}" is {{value}} pixels high, expected {s.height}',
-            ),
-            (
-                "width",
-                "width",
-                s.width,
-                f"every image is {s.width} pixels wide",
-                f'record "{{key}}" is {{value}} pixels wide, expected {s.width}',
-            ),
-        ]
-    else:
-        target = f"{c.size[0]}x{c.size[1]}"
-        out += [
-            (
-                side,
-                side,
-                (s.min_side, None),
-                f"every image is at least min_side={s.min_side} pixels {word} (resized to {target})",
-                f'record "{{key}}" is {{value}} pixels {word}, below min_side={s.min_side}: '
-                f"too small to resize to {target}",
-            )
-            for side, word in (("height", "high"), ("width", "wide"))
-        ]
-    if c.mode is None:
-        out += [
-            (
-                "mode",
-                "mode",
-                s.mode,
-                f"every image has PIL mode {s.mode!r}",
-                f'record "{{key}}" has mode "{{value}}", expected "{s.mode}"',
-            ),
-            (
-                "channels",
-                "channels",
-                channels,
-                f"every image has {channels} channel(s) (mode {s.mode})",
-                f'record "{{key}}" has {{value}} channel(s), expected {channels}',
-            ),
-            (
-                "bit_depth",
-                "bit_depth",
-                bit_depth,
-                f"every image has {bit_depth}-bit samples (mode {s.mode})",
-                f'record "{{key}}" is {{value}}-bit, expected {bit_depth}-bit',
-            ),
-        ]
-    else:
-        modes = ", ".join(CONVERTIBLE_MODES)
-        out += [
-            (
-                "mode",
-                "mode",
-                list(CONVERTIBLE_MODES),
-                f"every image has a mode that converts to {c.mode} ({modes})",
-                f'record "{{key}}" has mode "{{value}}", which does not convert to {c.mode} '
-                f"faithfully (convertible: {modes})",
-            ),
-            (
-                "channels",
-                "channels",
-                (1, 4),
-                f"every image has 1 to 4 channels (converted to {c.mode})",
-                'record "{key}" has {value} channel(s), expected 1 to 4',
-            ),
-            (
-                "bit_depth",
-                "bit_depth",
-                [1, 8],
-                f"every image has 1- or 8-bit samples (converted to {c.mode})",
-                'record "{key}" is {value}-bit, expected 1- or 8-bit',
-            ),
-        ]
-    return out
-
-
-def _image_validity(s: ImageQuality, c: ImagePrepare) -> list[Any]:
-    import great_expectations.expectations as gxe
-
+    s, c = settings, conversion or ImagePrepare()
     classes = ", ".join(s.classes)
     top = 255 if c.mode else 2 ** mode_bands(s.mode)[1] - 1  # converted modes are 8-bit
-    return [
-        _expect(
-            gxe.ExpectColumnValuesToBeInSet,
-            v="validity",
-            check="decodes",
-            critical=False,
-            record_level=True,
-            notes="every image decodes with PIL (the profile's `error` says why not)",
-            says='record "{key}" does not decode ({value})',
-            observed_column="error",
-            column="decodes",
-            value_set=[True],
-        ),
-        _expect(
-            gxe.ExpectColumnValuesToNotBeNull,
-            v="validity",
-            check="label_present",
-            critical=False,
-            record_level=True,
-            notes="every image has a label",
-            says='record "{key}" has no label',
-            column="label",
-        ),
-        _expect(
-            gxe.ExpectColumnValuesToBeInSet,
-            v="validity",
-            check="label_in_classes",
-            critical=False,
-            record_level=True,
-            notes=f"every label is one of the classes: {classes}",
-            says=f'record "{{key}}" has label {{value_repr}}, not one of the classes {classes} '
-            "(a folder source's labels are its subfolder names: if this is a class, list it in "
-            "quality.images.classes in params.yaml)",
-            column="label",
-            value_set=list(s.classes),
-        ),
-        _expect(
-            gxe.ExpectColumnValuesToBeBetween,
-            v="validity",
-            check="pixel_min",
-            critical=False,
-            record_level=True,
-            notes="no pixel below 0",
-            says='record "{key}" has pixel values below 0 (min {value})',
-            column="pixel_min",
-            min_value=0,
-        ),
-        _expect(
-            gxe.ExpectColumnValuesToBeBetween,
-            v="validity",
-            check="pixel_max",
-            critical=False,
-            record_level=True,
-            notes=f"no pixel above {top} (mode {c.mode or s.mode})",
-            says=f'record "{{key}}" has pixel values above {top} (max {{value}})',
-            column="pixel_max",
-            max_value=top,
-        ),
-        _expect(
-            gxe.ExpectColumnValuesToBeNull,
-            v="validity",
-            check="duplicate",
-            critical=False,
-            record_level=True,
-            notes="no exact duplicates: each later copy of the same bytes (sha256) is flagged",
-            says='record "{key}" is an exact duplicate of "{value}" (same sha256)',
-            column="duplicate_of",
-        ),
+    # fmt: off
+    columns = Check("columns", "variety", DATASET, "TableColumnsToMatchSet", None,
+                    {"column_set": list(PROFILE_COLUMNS), "exact_match": False},
+                    "profile columns missing: {missing} (columns seen: {columns})",
+                    "the profile has every column of profile.PROFILE_COLUMNS", once=True)
+    types = [_type(column, [t], f"expected {t}", f"column {column!r} has type {t}")
+             for column, t in _PROFILE_TYPES.items()]
+    validity = [
+        Check("decodes", "validity", RECORD, "ColumnValuesToBeInSet", "decodes", {"value_set": [True]},
+              'record "{key}" does not decode ({value})',
+              "every image decodes with PIL (the profile's `error` says why not)",
+              observed_column="error"),
+        Check("label_present", "validity", RECORD, "ColumnValuesToNotBeNull", "label", {},
+              'record "{key}" has no label', "every image has a label"),
+        Check("label_in_classes", "validity", RECORD, "ColumnValuesToBeInSet", "label",
+              {"value_set": list(s.classes)},
+              f'record "{{key}}" has label {{value_repr}}, not one of the classes {classes} (a '
+              "folder source's labels are its subfolder names: if this is a class, list it in "
+              "quality.images.classes in params.yaml)",
+              f"every label is one of the classes: {classes}"),
+        Check("pixel_min", "validity", RECORD, "ColumnValuesToBeBetween", "pixel_min", {"min_value": 0},
+              'record "{key}" has pixel values below 0 (min {value})', "no pixel below 0"),
+        Check("pixel_max", "validity", RECORD, "ColumnValuesToBeBetween", "pixel_max",
+              {"max_value": top},
+              f'record "{{key}}" has pixel values above {top} (max {{value}})',
+              f"no pixel above {top} (mode {c.mode or s.mode})"),
+        Check("duplicate", "validity", RECORD, "ColumnValuesToBeNull", "duplicate_of", {},
+              'record "{key}" is an exact duplicate of "{value}" (same sha256)',
+              "no exact duplicates: each later copy of the same bytes (sha256) is flagged"),
     ]
+    # fmt: on
+    return suite("images", [columns, *types, *_shape_checks(s, c), *validity])
+
+
+def _shape(column: str, expected: Any, says: str, notes: str) -> Check:
+    """A record-level variety check: `expected` is a value, a list of values or a
+    (min, max) range (a tuple; None for no bound)."""
+    if isinstance(expected, tuple):
+        kind, args = "ColumnValuesToBeBetween", {"min_value": expected[0], "max_value": expected[1]}
+    else:
+        values = expected if isinstance(expected, list) else [expected]
+        kind, args = "ColumnValuesToBeInSet", {"value_set": values}
+    return Check(column, "variety", RECORD, kind, column, args, says, notes)
+
+
+def _shape_checks(s: ImageQuality, c: ImagePrepare) -> list[Check]:
+    """The height, width, mode, channels and bit-depth checks: the target shape, or what can
+    be converted to it."""
+    from bigdeep.data.images import CONVERTIBLE_MODES
+
+    channels, bits = mode_bands(s.mode)
+    sides = [("height", "high", s.height), ("width", "wide", s.width)]
+    if c.size is None:
+        out = [_shape(side, n, f'record "{{key}}" is {{value}} pixels {word}, expected {n}',
+                      f"every image is {n} pixels {word}")
+               for side, word, n in sides]  # fmt: skip
+    else:
+        size, least = f"{c.size[0]}x{c.size[1]}", f"min_side={s.min_side}"
+        out = [_shape(side, (s.min_side, None),
+                      f'record "{{key}}" is {{value}} pixels {word}, below {least}: too small '
+                      f"to resize to {size}",
+                      f"every image is at least {least} pixels {word} (resized to {size})")
+               for side, word, _ in sides]  # fmt: skip
+    # fmt: off
+    if c.mode is None:
+        return out + [
+            _shape("mode", s.mode, f'record "{{key}}" has mode "{{value}}", expected "{s.mode}"',
+                   f"every image has PIL mode {s.mode!r}"),
+            _shape("channels", channels,
+                   f'record "{{key}}" has {{value}} channel(s), expected {channels}',
+                   f"every image has {channels} channel(s) (mode {s.mode})"),
+            _shape("bit_depth", bits, f'record "{{key}}" is {{value}}-bit, expected {bits}-bit',
+                   f"every image has {bits}-bit samples (mode {s.mode})"),
+        ]
+    modes = ", ".join(CONVERTIBLE_MODES)
+    return out + [
+        _shape("mode", list(CONVERTIBLE_MODES),
+               f'record "{{key}}" has mode "{{value}}", which does not convert to {c.mode} '
+               f"faithfully (convertible: {modes})",
+               f"every image has a mode that converts to {c.mode} ({modes})"),
+        _shape("channels", (1, 4), 'record "{key}" has {value} channel(s), expected 1 to 4',
+               f"every image has 1 to 4 channels (converted to {c.mode})"),
+        _shape("bit_depth", [1, 8], 'record "{key}" is {value}-bit, expected 1- or 8-bit',
+               f"every image has 1- or 8-bit samples (converted to {c.mode})"),
+    ]
+    # fmt: on
 
 
 # --- images: the per-class count table (columns class, records, imbalance) ------------------
 
 
-def class_count_suite(settings: ImageQuality) -> gx.ExpectationSuite:
+def class_count_suite(settings: ImageQuality) -> Suite:
     """Expectations on the per-class counts (`gate.class_counts`), keyed by class."""
-    import great_expectations.expectations as gxe
-
-    s = settings
-    return _suite(
-        "images_classes",
-        [
-            # A different expectation from class_count: GX drops an expectation that is
-            # equal to one already in the suite, as this would be when min_per_class = 1.
-            _expect(
-                gxe.ExpectColumnValuesToNotBeInSet,
-                v="variety",
-                check="class_present",
-                critical=True,
-                record_level=False,
-                notes="every class in the settings has at least one record",
-                says='class "{key}" has no records (every class must be present)',
-                column="records",
-                value_set=[0],
-            ),
-            _expect(
-                gxe.ExpectColumnValuesToBeBetween,
-                v="volume",
-                check="class_count",
-                critical=True,
-                record_level=False,
-                notes=f"every class has at least min_per_class={s.min_per_class} records",
-                says=f'class "{{key}}" has {{value}} records, fewer than min_per_class={s.min_per_class}',
-                column="records",
-                min_value=s.min_per_class,
-            ),
-            _expect(
-                gxe.ExpectColumnValuesToBeBetween,
-                v="variety",
-                check="class_balance",
-                critical=True,
-                record_level=False,
-                notes=(
-                    f"the largest class has at most max_imbalance_ratio={s.max_imbalance_ratio:g} "
-                    "times the records of any other"
-                ),
-                says=(
-                    'class "{key}" has {rec[records]} records, {value} times fewer than the '
-                    f"largest class (max_imbalance_ratio={s.max_imbalance_ratio:g})"
-                ),
-                column="imbalance",
-                max_value=s.max_imbalance_ratio,
-            ),
-        ],
-    )
+    least, ratio = settings.min_per_class, f"max_imbalance_ratio={settings.max_imbalance_ratio:g}"
+    # fmt: off
+    return suite("images_classes", [
+        # A different expectation from class_count: GX drops an expectation that is
+        # equal to one already in the suite, as this would be when min_per_class = 1.
+        Check("class_present", "variety", DATASET, "ColumnValuesToNotBeInSet", "records",
+              {"value_set": [0]}, 'class "{key}" has no records (every class must be present)',
+              "every class in the settings has at least one record"),
+        Check("class_count", "volume", DATASET, "ColumnValuesToBeBetween", "records",
+              {"min_value": least},
+              f'class "{{key}}" has {{value}} records, fewer than min_per_class={least}',
+              f"every class has at least min_per_class={least} records"),
+        Check("class_balance", "variety", DATASET, "ColumnValuesToBeBetween", "imbalance",
+              {"max_value": settings.max_imbalance_ratio},
+              f'class "{{key}}" has {{rec[records]}} records, {{value}} times fewer than the '
+              f"largest class ({ratio})",
+              f"the largest class has at most {ratio} times the records of any other"),
+    ])
+    # fmt: on
 
 
 # --- series: the raw rows plus the columns derived from the timeline ------------------------
@@ -596,7 +354,7 @@ def series_suite(
     timeline: Timeline | None = None,
     numeric: frozenset[str] | None = None,
     ranges: dict[str, ValueRange] | None = None,
-) -> gx.ExpectationSuite:
+) -> Suite:
     """Expectations on the raw series rows (with `timeline.DERIVED` columns), keyed by `row`.
 
     numeric: the value columns that hold numbers in the chunk to validate (their finite
@@ -605,47 +363,27 @@ def series_suite(
     timeline = timeline or Timeline()
     if numeric is None:
         numeric = frozenset([data.target, *data.features])
-    return _suite(
+    return suite(
         "series",
         _series_variety(data)
         + _series_validity(data, settings, timeline, numeric, ranges or {})
-        + _series_velocity(data, settings, timeline),
+        + _series_velocity(settings, timeline),
     )
 
 
-def _series_variety(d: SeriesData) -> list[Any]:
-    import great_expectations.expectations as gxe
-
+def _series_variety(d: SeriesData) -> list[Check]:
     values = [d.target, *d.features]
+    # fmt: off
+    timestamp = Check("type_timestamp", "variety", DATASET, "ColumnValuesToBeOfType", d.timestamp,
+                      {"type_": "Timestamp"},  # the scalar type of datetime64[*, UTC]
+                      'column "{column}" has type {dtype}, expected UTC timestamps',
+                      "the timestamp column holds timezone-aware timestamps (UTC at ingest)",
+                      once=True)
+    # fmt: on
     return (
-        _columns_exist(["row", d.timestamp, *values])
-        + [
-            _expect(
-                gxe.ExpectColumnValuesToBeOfType,
-                v="variety",
-                check="type_timestamp",
-                critical=True,
-                record_level=False,
-                notes="the timestamp column holds timezone-aware timestamps (UTC at ingest)",
-                says='column "{column}" has type {dtype}, expected UTC timestamps',
-                column=d.timestamp,
-                type_="Timestamp",  # the scalar type of datetime64[*, UTC]
-            )
-        ]
-        + [
-            _expect(
-                gxe.ExpectColumnValuesToBeInTypeList,
-                v="variety",
-                check=f"type_{c}",
-                critical=True,
-                record_level=False,
-                notes=f"column {c!r} is numeric",
-                says='column "{column}" has type {dtype}, not numeric',
-                column=c,
-                type_list=NUMERIC_TYPES,
-            )
-            for c in values
-        ]
+        [_column_exists(c) for c in ["row", d.timestamp, *values]]
+        + [timestamp]
+        + [_type(c, NUMERIC_TYPES, "not numeric", f"column {c!r} is numeric") for c in values]
     )
 
 
@@ -655,203 +393,103 @@ def _series_validity(
     t: Timeline,
     numeric: frozenset[str],
     ranges: dict[str, ValueRange],
-) -> list[Any]:
-    import great_expectations.expectations as gxe
-
-    ts = d.timestamp
+) -> list[Check]:
+    ts, row = d.timestamp, "row {key} ({ts})"
     freq = t.freq or "?"
     how = "the most common step" if t.freq_inferred else "quality.series.freq"
-    timestamps = [
-        _expect(
-            gxe.ExpectColumnValuesToNotBeNull,
-            v="validity",
-            check="timestamp_present",
-            critical=False,
-            record_level=True,
-            notes="every row has a timestamp (null when ingest could not parse it)",
-            says="row {key} {column} is missing or did not parse",
-            column=ts,
-        ),
-        _expect(
-            gxe.ExpectColumnValuesToBeInSet,
-            v="validity",
-            check="timestamp_unique",
-            critical=False,
-            record_level=True,
-            notes="no two rows share a timestamp",
-            says=f"row {{key}} ({{ts}}) {ts} is duplicated ({{value}} rows share it)",
-            column="ts_repeats",
-            value_set=[1],
-        ),
-        _expect(
-            gxe.ExpectColumnValuesToBeBetween,
-            v="validity",
-            check="timestamp_increasing",
-            critical=False,
-            record_level=True,
-            notes="timestamps strictly increase from row to row",
-            says=f"row {{key}} ({{ts}}) {ts} is not after the row before it",
-            column="ts_after_previous_s",
-            min_value=0,
-            strict_min=True,
-        ),
-        _expect(
-            gxe.ExpectColumnValuesToBeInSet,
-            v="validity",
-            check="timestamp_zone",
-            critical=False,
-            record_level=True,
-            notes=(
-                "one timezone convention: every timestamp carries a UTC offset, or none does "
-                f"(most rows: {t.zone_kind or '?'}; zones seen: {_zones(t)})"
-            ),
-            says=(
-                f'row {{key}} ({{ts}}) {ts} is written "{{value}}", unlike most rows '
-                f"({t.zone_kind or '?'}; zones seen: {_zones(t)})"
-            ),
-            observed_column="timestamp_zone",
-            column="ts_zone_offset",
-            value_set=[t.zone_kind != "naive"],
-        ),
-        _expect(
-            gxe.ExpectColumnValuesToBeInSet,
-            v="validity",
-            check="timestamp_regular",
-            critical=False,
-            record_level=True,
-            notes=f"every timestamp is a whole number of {freq} steps ({how}) from the others",
-            says=f"row {{key}} ({{ts}}) {ts} is off the regular {freq} grid ({how})",
-            column="ts_on_grid",
-            value_set=[True],
-        ),
+    zones = f"{t.zone_kind or '?'}; zones seen: {_zones(t)}"
+    # fmt: off
+    checks = [
+        Check("timestamp_present", "validity", RECORD, "ColumnValuesToNotBeNull", ts, {},
+              "row {key} {column} is missing or did not parse",
+              "every row has a timestamp (null when ingest could not parse it)"),
+        Check("timestamp_unique", "validity", RECORD, "ColumnValuesToBeInSet", "ts_repeats",
+              {"value_set": [1]}, f"{row} {ts} is duplicated ({{value}} rows share it)",
+              "no two rows share a timestamp"),
+        Check("timestamp_increasing", "validity", RECORD, "ColumnValuesToBeBetween",
+              "ts_after_previous_s", {"min_value": 0, "strict_min": True},
+              f"{row} {ts} is not after the row before it",
+              "timestamps strictly increase from row to row"),
+        Check("timestamp_zone", "validity", RECORD, "ColumnValuesToBeInSet", "ts_zone_offset",
+              {"value_set": [t.zone_kind != "naive"]},
+              f'{row} {ts} is written "{{value}}", unlike most rows ({zones})',
+              "one timezone convention: every timestamp carries a UTC offset, or none does "
+              f"(most rows: {zones})", observed_column=ZONE_COLUMN),
+        Check("timestamp_regular", "validity", RECORD, "ColumnValuesToBeInSet", "ts_on_grid",
+              {"value_set": [True]}, f"{row} {ts} is off the regular {freq} grid ({how})",
+              f"every timestamp is a whole number of {freq} steps ({how}) from the others"),
     ]
-    values = []
     for c in [d.target, *d.features]:
-        values += [
-            _expect(
-                gxe.ExpectColumnValuesToNotBeNull,
-                v="validity",
-                check=f"{c}_present",
-                critical=False,
-                record_level=True,
-                notes=f"no missing {c} (NaN or empty)",
-                says="row {key} ({ts}) {column} is NaN",
-                column=c,
-            ),
+        checks += [
+            Check(f"{c}_present", "validity", RECORD, "ColumnValuesToNotBeNull", c, {},
+                  "row {key} ({ts}) {column} is NaN", f"no missing {c} (NaN or empty)"),
             _finite(c, c in numeric),
         ]
         if c in numeric and c in ranges:  # a text chunk fails its type check instead
-            values += _in_range(ranges[c], s)
-    return timestamps + values
+            checks += _in_range(ranges[c], s)
+    # fmt: on
+    return checks
 
 
-def _finite(c: str, numeric: bool) -> Any:
+def _finite(c: str, numeric: bool) -> Check:
     """`<c>_finite`: on a numeric column a range check (inf and -inf are outside it); on any
     other a regex on the text, which also rejects words. The same check either way: the
     regex costs ~2 us a row (GX matches the text of every value), the range check ~0."""
-    import great_expectations.expectations as gxe
-
-    kind, kwargs = (
-        (gxe.ExpectColumnValuesToBeBetween, {"min_value": -FLOAT_MAX, "max_value": FLOAT_MAX})
+    kind, args = (
+        ("ColumnValuesToBeBetween", {"min_value": -FLOAT_MAX, "max_value": FLOAT_MAX})
         if numeric
-        else (gxe.ExpectColumnValuesToMatchRegex, {"regex": FINITE_NUMBER})
+        else ("ColumnValuesToMatchRegex", {"regex": FINITE_NUMBER})
     )
-    return _expect(
-        kind,
-        v="validity",
-        check=f"{c}_finite",
-        critical=False,
-        record_level=True,
-        notes=f"every {c} is a finite number (no inf, -inf or text)",
-        says="row {key} ({ts}) {column} is {value_repr}, not a finite number",
-        column=c,
-        **kwargs,
-    )
+    return Check(f"{c}_finite", "validity", RECORD, kind, c, args,
+                 "row {key} ({ts}) {column} is {value_repr}, not a finite number",
+                 f"every {c} is a finite number (no inf, -inf or text)")  # fmt: skip
 
 
-def _in_range(r: ValueRange, s: SeriesQuality) -> list[Any]:
+def _in_range(r: ValueRange, s: SeriesQuality) -> list[Check]:
     """`<c>_bounds`: within quality.series.bounds; `<c>_outlier`: within the robust range.
-    Record-level: a row outside is quarantined, and max_quarantine_fraction decides."""
-    import great_expectations.expectations as gxe
-
+    Record-level: a row outside is quarantined, and max_quarantine_fraction decides.
+    Both read `<c> (finite)`: inf and -inf are `<c>_finite`'s to name, NaN `<c>_present`'s."""
     c, checks = r.column, []
-    key = f"quality.series.bounds.{c}"
     name = c.replace("{", "{{").replace("}", "}}")  # in a sentence the gate formats
-    key_said = f"quality.series.bounds.{name}"
-    # They read `<c> (finite)`: inf and -inf are `<c>_finite`'s to name, NaN `<c>_present`'s.
-    finite = finite_column(c)
+    key, key_said = f"quality.series.bounds.{c}", f"quality.series.bounds.{name}"
+    said = f"row {{key}} ({{ts}}) {name} is {{value}}"
+    # fmt: off
     if r.bounded:
         bounds = f"[{_number(r.bound_low)}, {_number(r.bound_high)}]"
         checks.append(
-            _expect(
-                gxe.ExpectColumnValuesToBeBetween,
-                v="validity",
-                check=f"{c}_bounds",
-                critical=False,
-                record_level=True,
-                notes=f"every {c} is within {bounds} ({key} in params.yaml)",
-                says=(
-                    f"row {{key}} ({{ts}}) {name} is {{value}}, outside {key_said} = {bounds}: "
-                    f"correct the row at the source, or change the bound in params.yaml"
-                ),
-                column=finite,
-                min_value=r.bound_low,
-                max_value=r.bound_high,
-            )
-        )
+            Check(f"{c}_bounds", "validity", RECORD, "ColumnValuesToBeBetween", finite_column(c),
+                  {"min_value": r.bound_low, "max_value": r.bound_high},
+                  f"{said}, outside {key_said} = {bounds}: correct the row at the source, or "
+                  "change the bound in params.yaml",
+                  f"every {c} is within {bounds} ({key} in params.yaml)"))
     if r.robust:
         accepted = f"{_number(r.low, '-inf')} .. {_number(r.high, 'inf')}"
-        how = (
-            f"median {_number(r.median)} of {r.source} +- {s.max_robust_z:g} robust deviations, "
-            "quality.series.max_robust_z"
-        )
+        how = (f"median {_number(r.median)} of {r.source} +- {s.max_robust_z:g} robust "
+               "deviations, quality.series.max_robust_z")
         checks.append(
-            _expect(
-                gxe.ExpectColumnValuesToBeBetween,
-                v="validity",
-                check=f"{c}_outlier",
-                critical=False,
-                record_level=True,
-                notes=f"every {c} is within {accepted} ({how})",
-                says=(
-                    f"row {{key}} ({{ts}}) {name} is {{value}}, far outside the accepted range "
-                    f"{accepted} ({how}): "
-                    f"correct the row at the source; if the value is real, set {key_said}: [low, high] "
-                    "in params.yaml (it replaces this range) or raise max_robust_z"
-                ),
-                column=finite,
-                min_value=r.low,
-                max_value=r.high,
-            )
-        )
+            Check(f"{c}_outlier", "validity", RECORD, "ColumnValuesToBeBetween", finite_column(c),
+                  {"min_value": r.low, "max_value": r.high},
+                  f"{said}, far outside the accepted range {accepted} ({how}): correct the row "
+                  f"at the source; if the value is real, set {key_said}: [low, high] in "
+                  "params.yaml (it replaces this range) or raise max_robust_z",
+                  f"every {c} is within {accepted} ({how})"))
+    # fmt: on
     return checks
+
+
+def _series_velocity(s: SeriesQuality, t: Timeline) -> list[Check]:
+    if t.gap_limit_us is None:  # fewer than two timestamps and no max_gap: no step to judge
+        return []
+    why = f"max_gap={s.max_gap}" if s.max_gap else f"one {t.freq} step"
+    # A dataset check: the rows are missing, not bad, so there is nothing to quarantine.
+    return [Check("gap", "velocity", DATASET, "ColumnValuesToBeBetween", "ts_gap_s",
+                  {"max_value": t.gap_limit_us / 1e6},
+                  f"gap of {{value}} from {{start}} to {{ts}} (before row {{key}}), over {why}",
+                  f"no stretch of time without rows longer than {why}", duration=True)]  # fmt: skip
 
 
 def _number(value: float | None, none: str = "null") -> str:
     return none if value is None else f"{value:.6g}"
-
-
-def _series_velocity(d: SeriesData, s: SeriesQuality, t: Timeline) -> list[Any]:
-    import great_expectations.expectations as gxe
-
-    if t.gap_limit_us is None:  # fewer than two timestamps and no max_gap: no step to judge
-        return []
-    limit = t.gap_limit_us / 1e6
-    why = f"max_gap={s.max_gap}" if s.max_gap else f"one {t.freq} step"
-    return [
-        _expect(
-            gxe.ExpectColumnValuesToBeBetween,
-            v="velocity",
-            check="gap",
-            critical=True,
-            record_level=False,  # the rows are missing, not bad: nothing to quarantine
-            notes=f"no stretch of time without rows longer than {why}",
-            says=f"gap of {{value}} from {{start}} to {{ts}} (before row {{key}}), over {why}",
-            format="duration",
-            column="ts_gap_s",
-            max_value=limit,
-        )
-    ]
 
 
 def _zones(t: Timeline) -> str:
@@ -859,7 +497,5 @@ def _zones(t: Timeline) -> str:
     return ", ".join(f"{z} ({n})" for z, n in shown) or "none"
 
 
-def _duration(seconds: float) -> str:
-    from bigdeep.quality.timeline import duration_text
-
-    return duration_text(seconds)
+def _duration(seconds: float | None) -> str | None:
+    return None if seconds is None else duration_text(seconds)

@@ -1,9 +1,10 @@
-"""Great Expectations results, merged over chunks, turned into what the gate reports.
+"""Great Expectations results, merged over chunks, turned into the gate's verdict.
 
 A `Run` holds every check of one dataset. `Run.validate(suite, Table(frame, key))` runs GX
 on one table (a chunk of records, or a small dataset-level table) and folds each
-expectation's result into its `_Check`: success, counts, the first examples, failure
-sentences, quarantine rows. `Run.verdict` merges them and decides:
+expectation's result into its `_Merged`: success, counts, the first examples, failure
+sentences (its row's `says`, formatted from the fields in `suites.py`), quarantine rows.
+`Run.verdict` merges them and decides:
 
     run = Run("images", [summary, records, classes, drift])
     for chunk in chunks:
@@ -23,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from bigdeep.quality.ranges import FINITE
-from bigdeep.quality.suites import VS, gx_context
+from bigdeep.quality.suites import VS, Check, Suite, gx_context
 from bigdeep.quality.timeline import DERIVED, ZONE_COLUMN, duration_text
 
 QUARANTINE_COLUMNS = ["record", "check", "observed"]
@@ -78,13 +79,29 @@ class _Outcome:
 
 
 _UNSET: Any = object()
+_FIRST: Any = object()
 
 
 @dataclass
-class _Check:
+class _Rec:
+    """A row of a small table as text, for sentences that read `{rec[column]}`; looked up
+    only then. The table's first row unless a key is given."""
+
+    table: Table
+    key: Any = _FIRST
+
+    def __getitem__(self, column: str) -> str:
+        table = self.table
+        key = table.frame[table.key].iloc[0] if self.key is _FIRST else self.key
+        return _record(table, key)[column]
+
+
+@dataclass
+class _Merged:
     """One expectation's results, merged over every chunk it ran on."""
 
-    config: Any
+    check: Check
+    config: Any  # its GX ExpectationConfiguration
     runs: int = 0
     success: bool = True
     error: str | None = None
@@ -93,18 +110,14 @@ class _Check:
     unexpected_count: int | None = None
     observed: Any = _UNSET
     table_sentence: str | None = None
-    shown: list[tuple[Any, Any, str | None, dict]] = field(default_factory=list)
+    sentences: list[str] = field(default_factory=list)  # the first failing keys'
     failed_keys: int = 0
     examples: list[Any] = field(default_factory=list)
     example_values: list[Any] = field(default_factory=list)
     quarantine: list[tuple[str, str, str]] = field(default_factory=list)
 
-    @property
-    def meta(self) -> dict[str, Any]:
-        return self.config.meta
-
     def absorb(self, r: Any, table: Table) -> None:
-        meta, column = self.meta, self.config.kwargs.get("column")
+        check, column = self.check, self.check.column
         self.runs += 1
         error = _exception(r.exception_info)
         if error:
@@ -118,8 +131,8 @@ class _Check:
             self.unexpected_count = (self.unexpected_count or 0) + int(result["unexpected_count"])
         first_failure = not r.success and self.success
         self.success &= bool(r.success)
-        if meta.get("observe") and meta["observe"] in table.frame and len(table.frame):
-            observed = plain(table.frame[meta["observe"]].iloc[0])
+        if check.observe and check.observe in table.frame and len(table.frame):
+            observed = plain(table.frame[check.observe].iloc[0])
         elif "observed_value" in result:
             observed = plain(result["observed_value"])
         else:
@@ -131,61 +144,67 @@ class _Check:
 
         found = result.get("unexpected_index_list") or []
         keys = [plain(u[table.key]) for u in found]
-        if meta["record_level"] and not keys:
+        if check.record_level and not keys:
             self.error = self.error or "GX reported a failure without naming records"
             return
         context = _context(table, column, result)
-        says = meta["says"]
-        if "{key}" not in says:  # a fact about the whole table: one sentence
+        if check.once:  # a fact about the whole table: one sentence
             if self.table_sentence is None:
                 value = observed if observed is not _UNSET else None
-                rec = _record(table, table.frame[table.key].iloc[0]) if "{rec[" in says else {}
-                self.table_sentence = says.format(
-                    **context, key=None, ts=None, rec=rec, start=None, **_shown(value, meta)
-                )
+                self.table_sentence = self._say(value, context, _Rec(table))
             return
 
         values = [u.get(column) for u in found]  # raw: NaN and inf stay floats until shown
-        source = meta.get("observed_column")
+        source = check.observed_column
         if source and source in table.frame and keys:
             values = list(table.by_key[source].reindex(keys))
-        room = SENTENCES_PER_CHECK - len(self.shown)
-        if room > 0:
-            wants_rec = "{rec[" in says
-            for k, v in zip(keys[:room], values[:room], strict=False):
-                rec = _record(table, k) if wants_rec else {}
-                self.shown.append((k, v, _timestamp(table, k), rec | context))
+        room = SENTENCES_PER_CHECK - len(self.sentences)
+        for k, v in zip(keys[:room], values[:room], strict=False):
+            ts = _timestamp(table, k)
+            self.sentences.append(self._say(v, context, _Rec(table, k), key=k, ts=ts))
         self.failed_keys += len(keys)
         room = EXAMPLES - len(self.examples)
         self.examples += keys[:room]
         self.example_values += values[:room]
-        if meta["record_level"]:
-            check = meta["check"]
+        if check.record_level:
             self.quarantine += [
-                (str(k), check, as_text(v)) for k, v in zip(keys, values, strict=True)
+                (str(k), check.name, as_text(v)) for k, v in zip(keys, values, strict=True)
             ]
 
+    def _say(
+        self, value: Any, context: dict[str, Any], rec: _Rec, key: Any = None, ts: Any = None
+    ) -> str:
+        """The check's sentence, formatted from every field (see `suites.py`)."""
+        duration = self.check.duration
+        start = None
+        if duration and ts is not None and _finite(value):
+            try:
+                start = iso(pd.Timestamp(ts) - pd.Timedelta(seconds=float(value)))
+            except ValueError:  # "no timestamp"
+                start = "?"
+        shown = _shown(value, duration)
+        return self.check.says.format(key=key, ts=ts, rec=rec, start=start, **context, **shown)
+
     def outcome(self, name: str) -> _Outcome:
-        meta, config = self.meta, self.config
-        column = config.kwargs.get("column")
+        check = self.check
         if self.observed is not _UNSET:
             observed = self.observed
         elif self.error:
             observed = f"could not run: {self.error}"
         else:
-            observed = plain(self.example_values) if meta["record_level"] else None
+            observed = plain(self.example_values) if check.record_level else None
         entry = {
-            "v": meta["v"],
-            "check": meta["check"],
-            "expectation": config.type,
-            "column": column,
-            "critical": bool(meta["critical"]),
-            "record_level": bool(meta["record_level"]),
+            "v": check.v,
+            "check": check.name,
+            "expectation": self.config.type,
+            "column": check.column,
+            "critical": check.critical,
+            "record_level": check.record_level,
             "success": self.success,
             "observed": observed,
             "unexpected_count": self.unexpected_count,
             "examples": list(self.examples),
-            "notes": config.notes,
+            "notes": check.notes,
         }
         gx_result = self._gx_result()
         if self.success:
@@ -194,37 +213,17 @@ class _Check:
             # A check that could not run proves nothing, so it fails the gate. A missing column
             # is reported by its own check; don't repeat it for every check on that column.
             sentences = (
-                []
-                if self.missing_column
-                else [f"{name}: {meta['check']} could not run: {self.error}"]
+                [] if self.missing_column else [f"{name}: {check.name} could not run: {self.error}"]
             )
             return _Outcome(entry, True, sentences, [], gx_result)
-        blocks = bool(meta["critical"])
+        blocks = check.critical
         if self.table_sentence is not None:
             return _Outcome(entry, blocks, [f"{name}: {self.table_sentence}"], [], gx_result)
-        sentences = []
-        for key, value, ts, context in self.shown:
-            start = None
-            if meta.get("format") == "duration" and ts is not None and _finite(value):
-                try:
-                    start = iso(pd.Timestamp(ts) - pd.Timedelta(seconds=float(value)))
-                except ValueError:  # "no timestamp"
-                    start = "?"
+        sentences = [f"{name}: {s}" for s in self.sentences]
+        if self.failed_keys > len(self.sentences):
             sentences.append(
-                f"{name}: "
-                + meta["says"].format(
-                    key=key,
-                    ts=ts,
-                    rec=context,
-                    start=start,
-                    **_defaults(context),
-                    **_shown(value, meta),
-                )
-            )
-        if self.failed_keys > len(self.shown):
-            sentences.append(
-                f"{name}: ... and {self.failed_keys - len(self.shown)} more fail {meta['check']} "
-                f"(see {'the quarantine' if meta['record_level'] else 'the report'})"
+                f"{name}: ... and {self.failed_keys - len(self.sentences)} more fail {check.name} "
+                f"(see {'the quarantine' if check.record_level else 'the report'})"
             )
         return _Outcome(entry, blocks, sentences, self.quarantine, gx_result)
 
@@ -266,17 +265,17 @@ class _Check:
 class Run:
     """Every check of one dataset, in suite order, merged over chunks."""
 
-    def __init__(self, name: str, suites: list[Any]) -> None:
+    def __init__(self, name: str, suites: list[Suite]) -> None:
         self.name = name
-        self.checks: dict[str, _Check] = {}
+        self.checks: dict[str, _Merged] = {}
         for suite in suites:
-            for e in suite.expectations:
-                self.checks[e.meta["check"]] = _Check(e.configuration)
+            for check, e in zip(suite.checks, suite.gx.expectations, strict=True):
+                self.checks[check.name] = _Merged(check, e.configuration)
 
-    def ran(self, suite: Any) -> bool:
-        return any(self.checks[e.meta["check"]].runs for e in suite.expectations)
+    def ran(self, suite: Suite) -> bool:
+        return any(self.checks[c.name].runs for c in suite.checks)
 
-    def validate(self, suite: Any, table: Table) -> None:
+    def validate(self, suite: Suite, table: Table) -> None:
         if table.key not in table.frame.columns:
             raise ValueError(
                 f"{self.name}: table has no {table.key!r} column to name its records "
@@ -284,7 +283,7 @@ class Run:
             )
         batch = _batch_definition().get_batch(batch_parameters={"dataframe": table.frame})
         result = batch.validate(
-            suite,
+            suite.gx,
             result_format={
                 "result_format": "COMPLETE",
                 "unexpected_index_column_names": [table.key],
@@ -391,10 +390,6 @@ def _context(table: Table, column: str | None, result: dict[str, Any]) -> dict[s
     }
 
 
-def _defaults(context: dict[str, Any]) -> dict[str, Any]:
-    return {k: context.get(k) for k in ("column", "columns", "dtype", "missing", "hint")}
-
-
 def _record(table: Table, key: Any) -> dict[str, str]:
     """The row of a small table, as text for a sentence."""
     try:
@@ -481,9 +476,9 @@ def as_text(value: Any) -> str:
     return str(value)
 
 
-def _shown(value: Any, meta: dict[str, Any] | None = None) -> dict[str, str]:
+def _shown(value: Any, duration: bool = False) -> dict[str, str]:
     """Format fields for a value in a sentence: as is, and quoted when it is text."""
-    if meta and meta.get("format") == "duration" and _finite(value):
+    if duration and _finite(value):
         text = duration_text(float(value))
     elif (
         isinstance(value, float | np.floating) and _finite(value) and not float(value).is_integer()
