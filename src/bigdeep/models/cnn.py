@@ -136,7 +136,7 @@ class ImageClassifier(StagedModule):
     def step_metrics(self, preds: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"acc": (preds == y).float().mean()}
 
-    def predict_proba_module(self) -> nn.Module:
+    def export_module(self) -> nn.Module:
         """A plain copy of the network + softmax, on CPU, in eval mode, for `torch.export`.
 
         float32 (B, C, H, W) in [0, 1] -> class probabilities (B, num_classes).
