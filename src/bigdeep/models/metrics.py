@@ -14,11 +14,10 @@ from bigdeep.models.optim import configure
 class EpochMeans:
     """Per-sample means of step metrics over one epoch, to log once at the epoch's end.
 
-    Why not `self.log(..., on_epoch=True)` in every step: on CPU that costs ~0.55 ms per
-    step for two metrics (Lightning moves its bookkeeping to the value's device on each
-    call), 6% of a CNN step at batch 32 (tests/benchmarks/bench_train.py). Here the sums
-    stay on the device (no host sync per step) and the sample count on the host. Shared by
-    the CNN and the RNN.
+    Why not `self.log(..., on_epoch=True)` in every step: Lightning moves its bookkeeping to
+    the value's device on each call, a cost per step (figures: tests/benchmarks/README.md).
+    Here the sums stay on the device (no host sync per step) and the sample count on the
+    host. Shared by the CNN and the RNN.
     """
 
     def __init__(self) -> None:

@@ -231,9 +231,8 @@ def configure_torch(cfg: Trainer, seed: int) -> None:
 def _tune_glibc_malloc() -> None:
     """Keep freed tensor memory mapped instead of returning it to the OS after every step.
 
-    With glibc's defaults a fresh process page-faults on each large allocation; measured here
-    (tests/benchmarks/bench_train.py --glibc-default) a bare LSTM loop ran 2x slower and the
-    CNN at batch 256 1.4x slower. Other C libraries are left alone.
+    With glibc's defaults a fresh process page-faults on each large allocation (figures:
+    tests/benchmarks/README.md). Other C libraries are left alone.
     """
     if not sys.platform.startswith("linux"):
         return
