@@ -1,7 +1,8 @@
-"""The training core: fit and test one job on a given trainer. No files, no registry, no MLflow.
+"""The training core: fit and test one job on a given trainer. No registry, no MLflow, no files.
 
-What a job talks to while it fits (the epoch-history logger, the checkpoints) is plugged into
-the trainer by the shell (`bigdeep.train`); this module only drives it and collects results.
+What the trainer writes or sends while it fits (checkpoints, the epoch curves) is plugged into
+it by the shell (`bigdeep.train`) as callbacks and a logger; this module only drives the
+trainer and collects the results.
 """
 
 from __future__ import annotations
