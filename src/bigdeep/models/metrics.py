@@ -50,14 +50,19 @@ class EpochMeans:
 class StagedModule(pl.LightningModule):
     """One shared step for train / val / test, with metrics logged once per epoch.
 
-    A subclass defines `model_step(batch) -> (loss, preds, targets)` and `step_metrics`
-    (the per-batch means besides the loss), sets `self.epoch_means = EpochMeans()`, and has
-    `lr`, `weight_decay` and `schedule` among its hyperparameters.
+    A subclass defines `model_step(batch) -> (loss, preds, targets)`, `step_metrics` (the
+    per-batch means besides the loss) and `export_module` (what gets served), sets
+    `self.epoch_means = EpochMeans()`, and has `lr`, `weight_decay` and `schedule` among its
+    hyperparameters.
     """
 
     epoch_means: EpochMeans
 
     def step_metrics(self, preds: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def export_module(self) -> torch.nn.Module:
+        """The plain network to serve (no Lightning), on CPU, in eval mode, for `torch.export`."""
         raise NotImplementedError
 
     def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
