@@ -463,12 +463,17 @@ def build_parser() -> argparse.ArgumentParser:
     g = s.add_mutually_exclusive_group()
     g.add_argument(
         "--resume",
-        action="store_true",
-        default=None,
+        action="store_const",
+        const="require",
+        default="auto",
         help="continue the unfinished run (default: automatically when params and data match)",
     )
     g.add_argument(
-        "--no-resume", dest="resume", action="store_false", help="always start a new run"
+        "--no-resume",
+        dest="resume",
+        action="store_const",
+        const="never",
+        help="always start a new run",
     )
     s.set_defaults(func=cmd_train)
 

@@ -129,7 +129,21 @@ def write_csv(rows: list[dict], path: Path) -> None:
         writer.writerows(rows)
 
 
-def write_classifier_report(y_true, y_pred, classes: list[str], out_dir: Path) -> dict[str, float]:
+def classifier_metrics(y_true, y_pred, classes: list[str]) -> dict[str, float]:
+    """test_acc, the majority-class rate (the sanity floor's baseline), recall per class."""
+    cm = confusion_matrix(y_true, y_pred, len(classes))
+    return {
+        "test_acc": float(np.mean(np.asarray(y_true) == np.asarray(y_pred))),
+        "test_majority_rate": majority_rate(y_true),
+        **{
+            f"test_recall_{r['class']}": r["recall"]
+            for r in per_class_precision_recall(cm, classes)
+        },
+    }
+
+
+def write_classifier_report(y_true, y_pred, classes: list[str], out_dir: Path) -> None:
+    """confusion.csv (one row per test image), per_class.csv and confusion_matrix.png."""
     cm = confusion_matrix(y_true, y_pred, len(classes))
     # one row per test image: DVC's confusion template counts (actual, predicted) pairs
     write_csv(
@@ -163,7 +177,6 @@ def write_classifier_report(y_true, y_pred, classes: list[str], out_dir: Path) -
     fig.tight_layout()
     fig.savefig(out_dir / "confusion_matrix.png", dpi=100)
     plt.close(fig)
-    return {f"test_recall_{r['class']}": r["recall"] for r in pr}
 
 
 def write_forecast_report(

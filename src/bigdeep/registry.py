@@ -8,6 +8,9 @@ of its test split, the RNN the naive forecast's MAE; the first model included), 
 else `challenger`. A model is registered under the name of its dataset identity
 (`registered_name`), so it never competes with another identity's champion.
 
+One explicit client does the I/O, in this order: `current_champion` (reads and scores),
+`register` (a new version), `decision_for` (pure, wraps `decide`), `record` (alias, tags).
+
     bigdeep lineage bigdeep-cnn@champion     # run, params hash, git commit, DVC md5s, flow run
     bigdeep restore bigdeep-cnn@champion     # put that model's raw data back into data/raw/
 """
@@ -23,8 +26,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-
-from bigdeep.data.prepared import read_image_split
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 IDENTITY_TAG = "bigdeep.data.identity"  # on the run and its model versions; `lineage` shows it
@@ -131,73 +132,81 @@ def decide(
     return CHAMPION, reason if floor is None else f"{clears}; {reason}", above
 
 
-def register_and_promote(
-    *,
-    client,
-    name: str,
-    run_id: str,
-    model_uri: str,
-    score: Callable[[str], float],
-    metric: str,
-    higher_is_better: bool,
-    margin: float,
-    data_version: str,
-    tags: dict[str, str],
-    floor: Floor | None = None,
-) -> Decision:
-    """Score the candidate and the champion, `decide`, then register `model_uri` under `name`
-    with the alias decided (none under the floor) and record the decision on the run."""
+@dataclass(frozen=True)
+class Champion:
+    """The current champion of a registered model, scored on the candidate's test split."""
+
+    version: str
+    trained_on: str | None  # its own training data version, for review
+    score: float | None
+    error: str | None = None  # why it could not be scored on this test split (other shapes)
+
+
+def current_champion(client, name: str, score: Scorer) -> Champion | None:
+    """The `champion` of `name` scored by `score`; None when there is none. Reads only."""
     from mlflow.exceptions import MlflowException
 
     try:
         current = client.get_model_version_by_alias(name, CHAMPION)
     except MlflowException:
-        current = None  # no such model, or no champion yet
-    candidate_score = score(model_uri)
-    champion_version, champion_score, champion_data, champion_error = None, None, None, None
-    if current is not None:
-        champion_version = str(current.version)
-        champion_data = client.get_run(current.run_id).data.tags.get("bigdeep.data.version")
-        try:
-            champion_score = score(f"models:/{name}/{current.version}")
-        except Exception as e:  # noqa: BLE001 - an unscorable champion (other shapes) is replaced
-            champion_error = str(e)
+        return None  # no such model, or no champion yet
+    trained_on = client.get_run(current.run_id).data.tags.get("bigdeep.data.version")
+    try:
+        return Champion(
+            str(current.version), trained_on, score(f"models:/{name}/{current.version}")
+        )
+    except Exception as e:  # noqa: BLE001 - an unscorable champion (other shapes) is replaced
+        return Champion(str(current.version), trained_on, None, str(e))
+
+
+def decision_for(
+    *,
+    name: str,
+    version: str,
+    metric: str,
+    candidate_score: float,
+    higher_is_better: bool,
+    margin: float,
+    champion: Champion | None,
+    floor: Floor | None,
+    data_version: str,
+    identity: str | None,
+) -> Decision:
+    """`decide` for version `version` of `name`, with everything a reviewer needs. Pure."""
     alias, reason, above = decide(
         metric=metric,
         candidate_score=candidate_score,
         higher_is_better=higher_is_better,
         floor=floor,
         margin=margin,
-        champion_version=champion_version,
-        champion_score=champion_score,
-        champion_error=champion_error,
+        champion_version=None if champion is None else champion.version,
+        champion_score=None if champion is None else champion.score,
+        champion_error=None if champion is None else champion.error,
     )
-    version = register(client, name, run_id, model_uri, tags)
-    decision = Decision(
+    return Decision(
         model=name,
         version=version,
         alias=alias,
         metric=metric,
         higher_is_better=higher_is_better,
         candidate_score=candidate_score,
-        champion_version=champion_version,
-        champion_score=champion_score,
+        champion_version=None if champion is None else champion.version,
+        champion_score=None if champion is None else champion.score,
         margin=margin,
         data_version=data_version,
-        champion_trained_on=champion_data,
+        champion_trained_on=None if champion is None else champion.trained_on,
         reason=reason,
-        identity=tags.get(IDENTITY_TAG),
+        identity=identity,
         floor_baseline=None if floor is None else floor.baseline,
         floor_score=None if floor is None else floor.limit,
         above_floor=above,
     )
-    record(client, run_id, decision, floor)
-    return decision
 
 
-def register(client, name: str, run_id: str, model_uri: str, tags: dict[str, str]) -> str:
-    """A new version of `name` (created if need be) from `model_uri`; its version number."""
-    import mlflow
+def register(
+    client, name: str, run_id: str, model_uri: str, model_id: str | None, tags: dict[str, str]
+) -> str:
+    """A new version of `name` (created if need be) from the logged model; its version number."""
     from mlflow.exceptions import MlflowException
 
     try:
@@ -206,7 +215,10 @@ def register(client, name: str, run_id: str, model_uri: str, tags: dict[str, str
         client.create_registered_model(
             name, description="bigdeep model; aliases champion / challenger"
         )
-    return str(mlflow.register_model(model_uri, name, tags=tags).version)
+    version = client.create_model_version(
+        name, source=model_uri, run_id=run_id, tags=tags, model_id=model_id
+    )
+    return str(version.version)
 
 
 def record(client, run_id: str, decision: Decision, floor: Floor | None) -> None:
@@ -240,36 +252,23 @@ def record(client, run_id: str, decision: Decision, floor: Floor | None) -> None
 # --- scoring on the pinned test split --------------------------------------------------------
 
 
-def image_accuracy_scorer(data_dir: Path) -> Callable[[str], float]:
-    """Accuracy on the test split in `data_dir`, read when a model is first scored."""
-    cache: dict[str, np.ndarray] = {}
+@dataclass(frozen=True)
+class Scorer:
+    """Model URI -> its score on one test split: the same arrays for candidate and champion.
 
-    def score(model_uri: str) -> float:
+    Both models are scored alike: the served model's output on `x`, compared with `y` by
+    `metric` (accuracy for the CNN, MAE in the target's units for the RNN).
+    """
+
+    x: np.ndarray  # float32 model input, the whole test split (N, ...)
+    y: np.ndarray  # what the model should answer (N, ...)
+    metric: Callable[[np.ndarray, np.ndarray], float]  # (model output, y) -> score
+
+    def __call__(self, model_uri: str) -> float:
         import mlflow
 
-        if not cache:
-            x, cache["y"], _ = read_image_split(Path(data_dir), "test")
-            # (N, H, W) grey or (N, H, W, C) colour -> (N, C, H, W)
-            x = x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)
-            cache["x"] = x.astype(np.float32) / 255.0
-        probs = np.asarray(mlflow.pyfunc.load_model(model_uri).predict(cache["x"]))
-        return float((probs.argmax(axis=1) == cache["y"]).mean())
-
-    return score
-
-
-def series_mae_scorer(dm) -> Callable[[str], float]:
-    """MAE in the target's units on the test windows of a set-up SeriesDataModule."""
-    xs, ys = zip(*((x.numpy(), y.numpy()) for x, y in dm.eval_dataloader("test")), strict=True)
-    x, y = np.concatenate(xs).astype(np.float32), np.concatenate(ys)
-
-    def score(model_uri: str) -> float:
-        import mlflow
-
-        pred = np.asarray(mlflow.pyfunc.load_model(model_uri).predict(x))
-        return float(np.mean(np.abs(dm.inverse_target(pred) - dm.inverse_target(y))))
-
-    return score
+        pred = np.asarray(mlflow.pyfunc.load_model(model_uri).predict(self.x))
+        return float(self.metric(pred, self.y))
 
 
 # --- lineage ---------------------------------------------------------------------------------

@@ -222,17 +222,19 @@ def dir_sha256(folder: Path) -> str:
     return h.hexdigest()
 
 
-def log_data_input(version: DataVersion, name: str, context: str) -> None:
+def log_data_input(client, run_id: str, version: DataVersion, name: str, context: str) -> None:
     """Record the dataset as the run's input, digest = the DVC md5 (not MLflow's 10k-row hash)."""
-    import mlflow
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.entities import DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
     with warnings.catch_warnings():  # MLflow registers the local source type twice
         warnings.simplefilter("ignore", UserWarning)
         source = resolve_dataset_source(Path(version.raw_path).resolve().as_uri())
     dataset = MetaDataset(source=source, name=name, digest=version.raw_md5[:36])
-    mlflow.log_input(dataset, context=context, tags={"dvc_md5": version.raw_md5})
+    tags = [InputTag("dvc_md5", version.raw_md5), InputTag(MLFLOW_DATASET_CONTEXT, context)]
+    client.log_inputs(run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(), tags)])
 
 
 # What a run's code is: these paths as committed. Pipeline outputs (dvc.lock, data/, metrics/,

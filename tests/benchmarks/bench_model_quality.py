@@ -52,7 +52,7 @@ from bigdeep.ingest import ingest_images, ingest_series
 from bigdeep.models.cnn import build_cnn
 from bigdeep.models.rnn import SeriesNet
 from bigdeep.prepare import prepare_images, prepare_series
-from bigdeep.train import build_image_job, build_series_job
+from bigdeep.training.jobs import build_image_job, build_series_job
 
 SEED_LR, SEED_EPOCHS, SEED_BATCH = 1e-3, 10, 64
 
@@ -148,7 +148,7 @@ def _forecast_metrics(model: nn.Module, dm: SeriesDataModule, period: int) -> di
 
 
 def lightning_fit(model: pl.LightningModule, dm: pl.LightningDataModule, epochs: int, patience):
-    """Fit like `bigdeep.train.make_trainer` (no MLflow logger, no checkpoints): (trainer, s)."""
+    """Fit like `bigdeep.training.plumbing.make_trainer` (no MLflow logger, no checkpoints): (trainer, s)."""
     trainer = pl.Trainer(
         max_epochs=epochs,
         accelerator="cpu",
@@ -168,7 +168,8 @@ def lightning_fit(model: pl.LightningModule, dm: pl.LightningDataModule, epochs:
 def bigdeep_cnn(data: Path, settings: Settings, seed: int) -> dict[str, float]:
     cfg = settings.train.cnn
     pl.seed_everything(seed, verbose=False)
-    dm, model = build_image_job(settings, data / "images", seed=seed)
+    job = build_image_job(settings, data / "images", seed=seed)
+    dm, model = job.datamodule, job.model
     trainer, wall = lightning_fit(model, dm, cfg.epochs, cfg.patience)
     (tested,) = trainer.test(model, datamodule=dm, verbose=False)
     return {"test_acc": tested["test_acc"], "wall_s": wall, "epochs": trainer.current_epoch}
@@ -177,7 +178,8 @@ def bigdeep_cnn(data: Path, settings: Settings, seed: int) -> dict[str, float]:
 def bigdeep_lstm(data: Path, settings: Settings, seed: int) -> dict[str, float]:
     cfg = settings.train.rnn
     pl.seed_everything(seed, verbose=False)
-    dm, model = build_series_job(settings, data / "series", seed=seed)
+    job = build_series_job(settings, data / "series", seed=seed)
+    dm, model = job.datamodule, job.model
     trainer, wall = lightning_fit(model, dm, cfg.epochs, cfg.patience)
     metrics = _forecast_metrics(model, dm, cfg.seasonal_period)
     return {**metrics, "wall_s": wall, "epochs": trainer.current_epoch}

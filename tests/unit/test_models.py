@@ -166,10 +166,10 @@ def test_cnn_overfits_one_batch():
     assert torch.equal(preds, targets)
 
 
-def test_cnn_predict_proba_module_is_plain_softmax_of_logits():
+def test_cnn_export_module_is_plain_softmax_of_logits():
     model = ImageClassifier(input_mean=0.13, input_std=0.31).eval()
     x = torch.rand(4, 1, 28, 28)  # [0, 1], what the registry and serving feed
-    proba_module = model.predict_proba_module()
+    proba_module = model.export_module()
     assert not isinstance(proba_module, pl.LightningModule)
     proba = proba_module(x)
     assert proba.shape == (4, 10)
@@ -189,7 +189,7 @@ def test_cnn_standardises_inputs_inside_the_network_and_export():
     x = torch.rand(3, 1, 28, 28)
     with torch.no_grad():
         torch.testing.assert_close(model(x), plain((x - 0.13) / 0.31))
-        program = export(model.predict_proba_module(), (x,))  # the mean and std travel along
+        program = export(model.export_module(), (x,))  # the mean and std travel along
         torch.testing.assert_close(program.module()(x), torch.softmax(model(x), dim=1))
     with pytest.raises(ValueError, match=r"std must be > 0, got 0"):
         ImageClassifier(input_std=0.0)
@@ -218,7 +218,7 @@ def test_cnn_label_smoothing_is_in_the_loss():
 
 
 def test_cnn_exports_with_dynamic_batch():
-    module = ImageClassifier().predict_proba_module()
+    module = ImageClassifier().export_module()
     program = export(module, (torch.rand(2, 1, 28, 28),), dynamic_shapes=({0: Dim("batch")},))
     for batch in (1, 7):
         x = torch.rand(batch, 1, 28, 28)

@@ -212,7 +212,8 @@ def test_prepare_stores_the_converted_colour_images(colour_data):
 
 def test_data_module_and_cnn_take_channels_and_size_from_the_data(colour_data):
     out, s = colour_data
-    dm, model = build_image_job(s, out)
+    job = build_image_job(s, out)
+    dm, model = job.datamodule, job.model
     assert (dm.channels, dm.image_size) == (3, (40, 48))
     assert model.net[1].in_channels == 3 and model.hparams.image_size == (40, 48)
     x, y = next(iter(dm.train_dataloader()))
@@ -254,7 +255,9 @@ def test_a_folder_of_photos_trains_end_to_end(tmp_path, monkeypatch, capsys, mlf
     """ingest -> validate -> prepare -> train through the CLI, with the resize settings."""
     import mlflow
 
-    from bigdeep.registry import image_accuracy_scorer
+    from bigdeep.config import load_settings
+    from bigdeep.registry import Scorer
+    from bigdeep.training.core import test_split_arrays
 
     monkeypatch.chdir(tmp_path)
     classes = photo_folder(tmp_path / "src", classes=3, per_class=20, seed=6)
@@ -289,5 +292,6 @@ def test_a_folder_of_photos_trains_end_to_end(tmp_path, monkeypatch, capsys, mlf
     assert example.shape == (2, 3, 64, 64)
     assert np.asarray(served.predict(example.astype(np.float32))).shape == (2, 3)
     # the registry scores a colour model on its test split (N, H, W, 3) -> (N, 3, H, W)
-    accuracy = image_accuracy_scorer(Path("data/processed/images"))(model_uri)
+    job = build_image_job(load_settings(Path("params.yaml")), Path("data/processed/images"))
+    accuracy = Scorer(*test_split_arrays(job.datamodule), job.score)(model_uri)
     assert accuracy == pytest.approx(metrics["test_acc"], abs=1e-6)

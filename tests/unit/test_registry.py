@@ -17,11 +17,15 @@ from bigdeep.registry import (
     CHAMPION,
     Floor,
     RestoreError,
+    Scorer,
+    current_champion,
     decide,
+    decision_for,
     dvc_dir_md5,
     is_better,
     lineage,
-    register_and_promote,
+    record,
+    register,
     restore_dir,
 )
 from tests.e2e.helpers import run
@@ -53,36 +57,34 @@ class Scale(torch.nn.Module):
 
 
 X = np.ones((2, 3), dtype=np.float32)  # what the toy models score on
+SCORE = Scorer(X, X, lambda out, _: float(out.mean()))  # the mean output = k
 
 
-def _score(uri: str) -> float:
-    import mlflow
-
-    return float(np.asarray(mlflow.pyfunc.load_model(uri).predict(X)).mean())
-
-
-def _log_and_register(client, k: float, tags: dict, **kw):
-    """Log Scale(k) in a new run and register it as `m`, scored by the mean output (= k * 1)."""
+def _log_and_register(client, k: float, tags: dict, floor: Floor | None = None):
+    """Log Scale(k) in a new run and register it as `m`, as the training shell does."""
     import mlflow
 
     with mlflow.start_run() as r:
         info = mlflow.pytorch.log_model(
             Scale(k), name="model", input_example=X, pip_requirements=["torch"]
         )
-        decision = register_and_promote(
-            client=client,
-            name="m",
-            run_id=r.info.run_id,
-            model_uri=info.model_uri,
-            score=_score,
-            metric="k",
-            higher_is_better=True,
-            margin=0.0,
-            data_version="d",
-            tags=tags,
-            **kw,
-        )
-    return r.info.run_id, decision
+    run_id = r.info.run_id
+    candidate, champion = SCORE(info.model_uri), current_champion(client, "m", SCORE)
+    decision = decision_for(
+        name="m",
+        version=register(client, "m", run_id, info.model_uri, info.model_id, tags),
+        metric="k",
+        candidate_score=candidate,
+        higher_is_better=True,
+        margin=0.0,
+        champion=champion,
+        floor=floor,
+        data_version="d",
+        identity=tags.get("bigdeep.data.identity"),
+    )
+    record(client, run_id, decision, floor)
+    assert client.get_model_version("m", decision.version).run_id == run_id
+    return run_id, decision
 
 
 def test_first_model_is_champion_then_worse_is_challenger_better_takes_over(mlflow_uri):

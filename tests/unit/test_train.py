@@ -75,6 +75,24 @@ def train_cmd(images: Path) -> list[str]:
     ]
 
 
+def test_the_core_fits_and_tests_with_no_tracking_and_no_files(images, tmp_path):
+    """fit_and_test on a trainer without a logger: metrics from its own predictions."""
+    from bigdeep.training.core import fit_and_test
+    from bigdeep.training.jobs import build_image_job
+    from bigdeep.training.plumbing import make_trainer
+
+    s = Settings.model_validate(TINY)
+    job = build_image_job(s, images)
+    trainer = make_trainer(s.train.trainer, 1, 1, None, tmp_path / "ckpt")
+    fitted = fit_and_test(job, trainer, ckpt=None)
+    true, pred = fitted.predictions["true"], fitted.predictions["pred"]
+    assert len(true) == len(pred) == 20  # every test image
+    assert fitted.metrics["test_acc"] == pytest.approx((true == pred).mean())
+    assert (fitted.metrics["trained_epochs"], fitted.history) == (1.0, [])
+    assert fitted.model is job.model
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["best.ckpt", "last.ckpt"]
+
+
 def test_same_data_params_seed_give_identical_metrics(images, tmp_path, mlflow_uri):
     # a floor no model can clear (accuracy over the majority-class rate + 0.9)
     s = Settings.model_validate({**TINY, "registry": {"cnn_floor_margin": 0.9}})

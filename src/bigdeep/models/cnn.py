@@ -9,11 +9,9 @@ exported model carries no Lightning code. It takes images in [0, 1] and standard
 itself (`Standardize`, with the train split's pixel mean and std), so whoever serves it
 feeds the same [0, 1] pixels as before.
 
-The seed architecture is unchanged; what lifts it from ~96% to ~98.6% test accuracy on
-the builtin 3,500 training digits, and from ~99.0-99.3% to ~99.55% on full MNIST (60,000
-train / 10,000 t10k test images, 10 epochs), are training choices: OneCycle learning rate,
-label smoothing, input standardisation (here) and random affine augmentation of the train
-split (`bigdeep.data.datamodules.ImageDataModule`). Figures: tests/benchmarks/bench_model_quality.py.
+The seed architecture is unchanged; its accuracy comes from training choices: OneCycle
+learning rate, label smoothing, input standardisation (here) and random affine augmentation
+of the train split (`bigdeep.data.datamodules.ImageDataModule`). Figures: tests/benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -113,8 +111,8 @@ class ImageClassifier(StagedModule):
             input_std,
         )
         if channels_last:
-            # NHWC weights: ~15% faster steps with oneDNN on CPU (measured with 1 thread at
-            # batch 64 and 256), and the layout tensor cores want on a GPU.
+            # NHWC weights: the layout oneDNN's CPU convolutions and a GPU's tensor cores
+            # prefer (figures: tests/benchmarks/README.md).
             self.net = self.net.to(memory_format=torch.channels_last)
         self.epoch_means = EpochMeans()
 
@@ -136,7 +134,7 @@ class ImageClassifier(StagedModule):
     def step_metrics(self, preds: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"acc": (preds == y).float().mean()}
 
-    def predict_proba_module(self) -> nn.Module:
+    def export_module(self) -> nn.Module:
         """A plain copy of the network + softmax, on CPU, in eval mode, for `torch.export`.
 
         float32 (B, C, H, W) in [0, 1] -> class probabilities (B, num_classes).

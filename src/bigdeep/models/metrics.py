@@ -14,11 +14,10 @@ from bigdeep.models.optim import configure
 class EpochMeans:
     """Per-sample means of step metrics over one epoch, to log once at the epoch's end.
 
-    Why not `self.log(..., on_epoch=True)` in every step: on CPU that costs ~0.55 ms per
-    step for two metrics (Lightning moves its bookkeeping to the value's device on each
-    call), 6% of a CNN step at batch 32 (tests/benchmarks/bench_train.py). Here the sums
-    stay on the device (no host sync per step) and the sample count on the host. Shared by
-    the CNN and the RNN.
+    Why not `self.log(..., on_epoch=True)` in every step: Lightning moves its bookkeeping to
+    the value's device on each call, a cost per step (figures: tests/benchmarks/README.md).
+    Here the sums stay on the device (no host sync per step) and the sample count on the
+    host. Shared by the CNN and the RNN.
     """
 
     def __init__(self) -> None:
@@ -51,14 +50,19 @@ class EpochMeans:
 class StagedModule(pl.LightningModule):
     """One shared step for train / val / test, with metrics logged once per epoch.
 
-    A subclass defines `model_step(batch) -> (loss, preds, targets)` and `step_metrics`
-    (the per-batch means besides the loss), sets `self.epoch_means = EpochMeans()`, and has
-    `lr`, `weight_decay` and `schedule` among its hyperparameters.
+    A subclass defines `model_step(batch) -> (loss, preds, targets)`, `step_metrics` (the
+    per-batch means besides the loss) and `export_module` (what gets served), sets
+    `self.epoch_means = EpochMeans()`, and has `lr`, `weight_decay` and `schedule` among its
+    hyperparameters.
     """
 
     epoch_means: EpochMeans
 
     def step_metrics(self, preds: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def export_module(self) -> torch.nn.Module:
+        """The plain network to serve (no Lightning), on CPU, in eval mode, for `torch.export`."""
         raise NotImplementedError
 
     def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:

@@ -1,0 +1,155 @@
+"""The two training jobs as params.yaml describes them: data module, model, evaluation, registry.
+
+A new model is a new builder here returning a `Job`; `bigdeep.train` runs any job.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bigdeep import evaluate
+from bigdeep.config import Settings
+from bigdeep.registry import Floor
+from bigdeep.training.core import Arrays, Job
+from bigdeep.training.plumbing import pin_memory_for
+
+
+def _loader_args(settings: Settings, batch_size: int, seed: int | None) -> dict[str, Any]:
+    """What both data modules take from params.yaml for their loaders."""
+    tcfg = settings.train.trainer
+    return {
+        "batch_size": batch_size,
+        "num_workers": tcfg.num_workers,
+        "pin_memory": pin_memory_for(tcfg),
+        "seed": settings.seed if seed is None else seed,
+    }
+
+
+def accuracy(probs: np.ndarray, y: np.ndarray) -> float:
+    """Share of rows whose most probable class is the label: (N, classes), (N,)."""
+    return float((np.asarray(probs).argmax(axis=1) == y).mean())
+
+
+def build_image_job(settings: Settings, data_dir: Path, seed: int | None = None) -> Job:
+    """The CNN job: ImageDataModule (set up) and ImageClassifier as params.yaml describes them."""
+    from bigdeep.data.datamodules import ImageDataModule
+    from bigdeep.models.cnn import ImageClassifier
+
+    cfg, reg = settings.train.cnn, settings.registry
+    dm = ImageDataModule(
+        data_dir,
+        **_loader_args(settings, cfg.batch_size, seed),
+        memory_mb=settings.train.trainer.memory_mb,
+        augment_rotate=cfg.augment_rotate,
+        augment_shift=cfg.augment_shift,
+        augment_scale=cfg.augment_scale,
+    )
+    dm.setup("fit")
+    model = ImageClassifier(
+        num_classes=dm.num_classes,
+        in_channels=dm.channels,  # and image_size: the prepared data's, 1 x 28 x 28 for MNIST
+        conv=list(cfg.conv),
+        dense=cfg.dense,
+        lr=cfg.lr,
+        image_size=dm.image_size,
+        input_mean=dm.pixel_mean,  # from the train split; travels inside the exported model
+        input_std=dm.pixel_std,
+        schedule=cfg.schedule,
+        weight_decay=cfg.weight_decay,
+        label_smoothing=cfg.label_smoothing,
+        channels_last=cfg.channels_last,
+    )
+    classes = list(dm.classes)
+
+    def predict() -> Arrays:
+        y_true, y_pred = evaluate.predict_classes(model, dm.eval_dataloader("test"))
+        return {"true": y_true, "pred": y_pred}  # (N,) class indices each
+
+    return Job(
+        name="cnn",
+        dataset="images",
+        datamodule=dm,
+        model=model,
+        epochs=cfg.epochs,
+        patience=cfg.patience,
+        params={f"cnn.{k}": v for k, v in cfg.model_dump().items()}
+        # splits over train.trainer.memory_mb, read from disk in blocks (none: all in memory)
+        | {"data.streamed": ",".join(dm.streamed) or "none"}
+        # what a served model expects: (B, C, H, W) float32 in [0, 1]
+        | {"data.input_shape": "x".join(map(str, (dm.channels, *dm.image_size)))},
+        history_keys=("train_loss", "train_acc", "val_loss", "val_acc"),
+        predict=predict,
+        test_metrics=lambda p: evaluate.classifier_metrics(p["true"], p["pred"], classes),
+        write_report=lambda p, folder: evaluate.write_classifier_report(
+            p["true"], p["pred"], classes, folder
+        ),
+        metric="test_acc",
+        higher_is_better=True,
+        margin=reg.cnn_margin,
+        score=accuracy,
+        floor=lambda m: Floor.majority_class(m["test_majority_rate"], reg.cnn_floor_margin),
+    )
+
+
+def build_series_job(settings: Settings, data_dir: Path, seed: int | None = None) -> Job:
+    """The RNN job: SeriesDataModule (set up) and SeriesForecaster as params.yaml describes them."""
+    from bigdeep.data.datamodules import SeriesDataModule
+    from bigdeep.models.rnn import SeriesForecaster
+
+    cfg, reg = settings.train.rnn, settings.registry
+    dm = SeriesDataModule(
+        data_dir,
+        window=cfg.window,
+        horizon=cfg.horizon,
+        **_loader_args(settings, cfg.batch_size, seed),
+        calendar=list(cfg.calendar),
+        calendar_tz=cfg.calendar_tz,
+    )
+    dm.setup("fit")
+    model = SeriesForecaster(
+        n_features=dm.n_features,
+        cell=cfg.cell,
+        layers=cfg.layers,
+        hidden=cfg.hidden,
+        dropout=cfg.dropout,
+        horizon=cfg.horizon,
+        lr=cfg.lr,
+        schedule=cfg.schedule,
+        weight_decay=cfg.weight_decay,
+        grad_clip=cfg.grad_clip,
+    )
+    unscale = dm.inverse_target
+
+    def write_report(arrays: Arrays, folder: Path) -> None:
+        frame = dm.split_frame("test")  # test loader is unshuffled: same order as `arrays`
+        # the first forecast step of each window, in target units
+        true, pred = unscale(arrays["true"][:, 0]), unscale(arrays["model"][:, 0])
+        evaluate.write_forecast_report(frame.timestamps, true, pred, folder, dm.target)
+
+    return Job(
+        name="rnn",
+        dataset="series",
+        datamodule=dm,
+        model=model,
+        epochs=cfg.epochs,
+        patience=cfg.patience,
+        params={
+            **{f"rnn.{k}": v for k, v in cfg.model_dump().items()},
+            "rnn.input_columns": ",".join(dm.input_columns),  # what a served model expects
+        },
+        history_keys=("train_loss", "train_mae", "val_loss", "val_mae"),
+        predict=lambda: evaluate.predict_series(
+            model, dm.eval_dataloader("test"), cfg.seasonal_period
+        ),
+        test_metrics=lambda arrays: evaluate.forecast_metrics(arrays, unscale),
+        write_report=write_report,
+        metric="test_mae",
+        higher_is_better=False,
+        margin=reg.rnn_margin,
+        # in the target's units: (N, horizon) scaled model output and truth
+        score=lambda pred, y: float(np.mean(np.abs(unscale(pred) - unscale(y)))),
+        floor=lambda m: Floor.naive_forecast(m["test_naive_mae"], reg.rnn_floor_ratio),
+    )
