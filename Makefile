@@ -24,7 +24,7 @@ export MPLBACKEND := Agg
 # Prefect's state (ephemeral server database, logs) stays in the project.
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 
-.PHONY: setup python-version browser run test lint format ui servers servers-down bench clean
+.PHONY: setup python-version browser run test test-fast lint format ui servers servers-down bench clean
 
 setup: $(VENV)/.installed $(VENDOR)/plots.html
 
@@ -50,8 +50,14 @@ run: setup
 	@test -d .dvc || $(BIN)/dvc init -q
 	$(BIN)/bigdeep run
 
+# Everything: tests/unit, tests/integration and tests/e2e (pyproject.toml's testpaths).
 test: setup browser
 	$(BIN)/python -m pytest -q
+
+# The edit loop: tests/unit only (in-process, tiny data), without the tests marked slow;
+# stops at the first failure.
+test-fast: setup
+	$(BIN)/python -m pytest tests/unit -m "not slow" -x -q
 
 # The browser test drives Debian's Chromium (never a downloaded browser).
 browser:

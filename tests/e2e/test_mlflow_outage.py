@@ -17,7 +17,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from bigdeep import servers
-from tests.unit.test_train import TINY, images, train_cmd  # noqa: F401 - `images` is a fixture
+from tests.integration.test_train import TINY, images, train_cmd  # noqa: F401 - `images` is a fixture
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

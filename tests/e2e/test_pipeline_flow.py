@@ -7,6 +7,8 @@ import io
 import json
 import shutil
 import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,27 +17,99 @@ import pytest
 import yaml
 from PIL import Image
 
-from tests.e2e.helpers import lock_md5, run
+from tests.e2e.helpers import SMALL, lock_md5, make_project, run
 
 pytestmark = pytest.mark.e2e
 
 
-def test_flow_trains_logs_skips_and_restores(project_factory, mlflow_uri):
+# --- one project, three runs: trains and logs; skips; new data; restore ---------------------
+# Each run is a module-scoped fixture that builds on the one before and keeps what its tests
+# read, so each test asserts one behaviour whatever runs later in the same project.
+
+
+@dataclass
+class Project:
+    path: Path
+    mlflow_uri: str
+
+
+@dataclass
+class FirstRun:
+    summaries: dict  # dataset -> the flow's summary of it
+    runs: dict  # run name -> MLflow run
+    experiment_id: str
+    images_md5: str  # dvc.lock's, after this run
+    series_md5: str
+    sample: np.ndarray  # (5, 1, 28, 28) float32 test images of this run's data
+    dvc_status: str
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, prefect_server) -> Iterator[Project]:
+    """A git + DVC project and its MLflow store (SQLite), seen by the flow and by DVC's stages."""
     import mlflow
-    from mlflow.tracking import MlflowClient
+
+    root = tmp_path_factory.mktemp("reruns")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        mlflow.set_tracking_uri(uri)
+        overrides = yaml.safe_load(yaml.safe_dump(SMALL))
+        yield Project(make_project(root / "project", overrides), uri)
+
+
+@pytest.fixture
+def tracking(project, monkeypatch) -> str:
+    """The project's store for this test's in-process MLflow calls (another test may have
+    pointed MLflow elsewhere since the module began)."""
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", project.mlflow_uri)
+    mlflow.set_tracking_uri(project.mlflow_uri)
+    return project.mlflow_uri
+
+
+def _pipeline(project: Project, **kwargs):
+    import mlflow
 
     from flows.pipeline import pipeline
 
-    project = project_factory()
-    state = pipeline(project_dir=str(project), return_state=True)
+    mlflow.set_tracking_uri(project.mlflow_uri)
+    state = pipeline(project_dir=str(project.path), return_state=True, **kwargs)
     assert state.is_completed(), state.message
-    first = {s["dataset"]: s for s in state.result()}
+    return state
+
+
+@pytest.fixture(scope="module")
+def first_run(project) -> FirstRun:
+    from mlflow.tracking import MlflowClient
+
+    state = _pipeline(project)
+    client = MlflowClient(project.mlflow_uri)
+    exp = client.get_experiment_by_name("bigdeep")
+    test_x = np.load(project.path / "data/processed/images/test_x.npy")
+    return FirstRun(
+        summaries={s["dataset"]: s for s in state.result()},
+        runs={r.info.run_name: r for r in client.search_runs([exp.experiment_id])},
+        experiment_id=exp.experiment_id,
+        images_md5=lock_md5(project.path, "data/raw/images"),
+        series_md5=lock_md5(project.path, "data/raw/series"),
+        sample=test_x[:5, None].astype(np.float32) / 255.0,
+        dvc_status=run([sys.executable, "-m", "dvc", "status"], project.path),
+    )
+
+
+def test_first_run_passes_the_gate_and_runs_every_stage(first_run):
+    first = first_run.summaries
     assert first["images"]["gate_passed"] and first["series"]["gate_passed"]
     assert set(first["images"]["stages"].values()) == {"ran"}
 
-    client = MlflowClient(mlflow_uri)
-    exp = client.get_experiment_by_name("bigdeep")
-    runs = {r.info.run_name: r for r in client.search_runs([exp.experiment_id])}
+
+def test_first_run_logs_metrics_curves_and_the_data_version(first_run, project):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(project.mlflow_uri)
+    runs = first_run.runs
     assert set(runs) == {"train_cnn", "train_rnn"}
     cnn, rnn = runs["train_cnn"], runs["train_rnn"]
     # a fresh clone's run is clean: the pipeline's own outputs do not count as source changes
@@ -47,54 +121,95 @@ def test_flow_trains_logs_skips_and_restores(project_factory, mlflow_uri):
     assert [m.step for m in client.get_metric_history(cnn.info.run_id, "val_loss")] == [0, 1]
     assert len(client.get_metric_history(rnn.info.run_id, "val_mae")) == 2
     # the data version is the DVC md5 of the raw dataset, as a tag and as the input's digest
-    images_md5 = lock_md5(project, "data/raw/images")
+    images_md5 = first_run.images_md5
     assert cnn.data.tags["bigdeep.data.images.md5"] == images_md5
     assert cnn.inputs.dataset_inputs[0].dataset.digest == images_md5[:36]
-    assert rnn.data.tags["bigdeep.data.series.md5"] == lock_md5(project, "data/raw/series")
+    assert rnn.data.tags["bigdeep.data.series.md5"] == first_run.series_md5
     assert cnn.data.params["cnn.epochs"] == "2"
 
-    # the logged CNN loads through pyfunc and predicts 10 class probabilities
-    test_x = np.load(project / "data/processed/images/test_x.npy")
-    sample = test_x[:5, None].astype(np.float32) / 255.0  # (5, 1, 28, 28)
+
+def test_the_logged_cnn_loads_through_pyfunc_and_predicts_10_probabilities(first_run, tracking):
+    import mlflow
+
+    cnn = first_run.runs["train_cnn"]
     model = mlflow.pyfunc.load_model(cnn.data.tags["bigdeep.model_uri"])
-    probs = np.asarray(model.predict(sample))
+    probs = np.asarray(model.predict(first_run.sample))
     assert probs.shape == (5, 10)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
 
-    status = run([sys.executable, "-m", "dvc", "status"], project)
-    assert "up to date" in status, status
 
-    # nothing changed: every stage is skipped and no new run appears
-    state = pipeline(project_dir=str(project), return_state=True)
-    assert state.is_completed(), state.message
-    second = {s["dataset"]: s for s in state.result()}
+def test_after_the_first_run_dvc_is_up_to_date(first_run):
+    assert "up to date" in first_run.dvc_status, first_run.dvc_status
+
+
+@pytest.fixture(scope="module")
+def second_run(first_run, project) -> tuple[dict, int]:
+    """Nothing changed: the summaries, and the number of MLflow runs after it."""
+    from mlflow.tracking import MlflowClient
+
+    state = _pipeline(project)
+    runs = MlflowClient(project.mlflow_uri).search_runs([first_run.experiment_id])
+    return {s["dataset"]: s for s in state.result()}, len(runs)
+
+
+def test_nothing_changed_skips_every_stage_and_logs_no_run(second_run):
+    second, runs = second_run
     for dataset in ("images", "series"):
         assert set(second[dataset]["stages"].values()) == {"skipped"}, second[dataset]["stages"]
-    assert len(client.search_runs([exp.experiment_id])) == 2
+    assert runs == 2
 
-    # new data arrives: the pipeline runs again; then restore the first champion's exact data
-    # from the DVC remote the flow pushed to (the local cache is removed to prove it)
+
+@pytest.fixture(scope="module")
+def third_run(second_run, project) -> tuple[str, str, int]:
+    """New images arrive (more per class): the first champion's data md5, dvc.lock's after
+    this run, and the number of registered CNN versions."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(project.mlflow_uri)
     first_md5 = client.get_model_version("bigdeep-cnn", "1")
     first_md5 = client.get_run(first_md5.run_id).data.tags["bigdeep.data.images.md5"]
-    params = yaml.safe_load((project / "params.yaml").read_text())
+    params = yaml.safe_load((project.path / "params.yaml").read_text())
     params["data"]["images"]["per_class"] = 15
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    state = pipeline(project_dir=str(project), return_state=True, datasets=["images"])
-    assert state.is_completed(), state.message
-    assert lock_md5(project, "data/raw/images") != first_md5
-    assert len(client.search_model_versions("name='bigdeep-cnn'")) == 2
+    (project.path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _pipeline(project, datasets=["images"])
+    versions = client.search_model_versions("name='bigdeep-cnn'")
+    return first_md5, lock_md5(project.path, "data/raw/images"), len(versions)
 
+
+def test_new_data_trains_and_registers_a_second_cnn(third_run):
+    first_md5, images_md5, versions = third_run
+    assert images_md5 != first_md5
+    assert versions == 2
+
+
+@pytest.fixture(scope="module")
+def restored(third_run, project) -> str:
+    """`bigdeep restore bigdeep-cnn@1` with the local cache removed: what it said."""
+    shutil.rmtree(project.path / ".dvc" / "cache")
+    return run([sys.executable, "-m", "bigdeep.cli", "restore", "bigdeep-cnn@1"], project.path)
+
+
+def test_restore_brings_back_the_first_champions_data_from_the_remote(restored, third_run, project):
     from bigdeep.registry import dvc_dir_md5
 
-    shutil.rmtree(project / ".dvc" / "cache")
+    first_md5 = third_run[0]
+    assert "restored images" in restored
+    assert dvc_dir_md5(project.path / "data/raw/images") == first_md5
+
+
+def test_lineage_names_the_champions_data_commit_and_dirty_state(
+    restored, third_run, first_run, project
+):
+    first_md5 = third_run[0]
     cli = [sys.executable, "-m", "bigdeep.cli"]
-    assert "restored images" in run([*cli, "restore", "bigdeep-cnn@1"], project)
-    assert dvc_dir_md5(project / "data/raw/images") == first_md5
-    shown = json.loads(run([*cli, "lineage", "bigdeep-cnn@champion"], project, stderr=False))
-    assert shown["data"]["images.md5"] in {first_md5, lock_md5(project, "data/raw/images")}
-    assert shown["git_commit"] == run(["git", "rev-parse", "HEAD"], project).strip()
+    shown = json.loads(run([*cli, "lineage", "bigdeep-cnn@champion"], project.path, stderr=False))
+    assert shown["data"]["images.md5"] in {first_md5, lock_md5(project.path, "data/raw/images")}
+    assert shown["git_commit"] == run(["git", "rev-parse", "HEAD"], project.path).strip()
     # the second CNN ran after params.yaml was edited (uncommitted): that run is dirty
-    assert shown["git_dirty"] is (shown["run_id"] != cnn.info.run_id)
+    assert shown["git_dirty"] is (shown["run_id"] != first_run.runs["train_cnn"].info.run_id)
+
+
+# --- the gate, a tracking server that is down -----------------------------------------------
 
 
 def _png(pixels: np.ndarray) -> bytes:

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from tests.e2e.helpers import ROOT
-from tests.unit.test_registry import _corrupt, _dvc_repo_with_remote
+from tests.integration.test_registry import _corrupt, _dvc_repo_with_remote
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -109,32 +109,6 @@ def test_summary_headline_per_model_and_table_of_every_metric(tmp_path):
     assert "| test_naive_mae | 171.1 |" in rows
 
 
-def test_dvc_metrics_lead_with_the_models_then_the_quality_reports(tmp_path):
-    import json
-    import shutil
-    import subprocess
-    import sys
-
-    for name in ("dvc.yaml", "params.yaml", "metrics", "reports/quality"):
-        source, target = ROOT / name, tmp_path / name
-        if source.is_dir():
-            shutil.copytree(source, target, ignore=shutil.ignore_patterns("docs"))
-        else:
-            shutil.copy(source, target)
-    dvc = [sys.executable, "-m", "dvc"]
-    subprocess.run([*dvc, "init", "--no-scm", "-q"], cwd=tmp_path, check=True)
-    shown = subprocess.run(
-        [*dvc, "metrics", "show", "--json"], cwd=tmp_path, capture_output=True, text=True
-    )
-    files = list(json.loads(shown.stdout)[""]["data"])
-    assert files == [
-        "metrics/cnn.json",
-        "metrics/rnn.json",
-        "reports/quality/images.json",
-        "reports/quality/series.json",
-    ]
-
-
 def test_summary_says_first_version_and_shapes_as_validate_does(tmp_path):
     """`bigdeep run` printed neither "first version of <identity>" nor the sizes and modes seen
     (only the stage's log held them); the summary now carries the report's lines."""
