@@ -21,16 +21,13 @@ import tempfile
 from pathlib import Path
 
 from bigdeep import orchestration
-from flows.summary import MODELS, DatasetSummary, stage_files
+from flows.summary import MODELS, DatasetSummary, dvc_stages, stage_files
 
 
 def stage_names(project: Path) -> set[str]:
     """Every stage in dvc.yaml, a foreach stage as one name per item (`ingest@images`)."""
-    import yaml
-
-    stages = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
     names = set()
-    for name, body in stages.items():
+    for name, body in dvc_stages(project).items():
         items = body.get("foreach") if isinstance(body, dict) else None
         names |= {f"{name}@{item}" for item in items} if isinstance(items, list) else {name}
     return names
