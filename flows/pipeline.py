@@ -8,7 +8,8 @@ every run leaves a dvc.lock. The flow adds what DVC lacks: retries on transient 
 (network, a busy lock, HTTP 5xx; a deterministic error is not retried), run history, a summary
 artifact, and a Failed state whose data is a `RunFailed` naming the stage, the dataset and the
 fix (exit 3 when a quality gate failed). Stages run one after another: DVC locks the workspace
-while it reproduces.
+while it reproduces. `bigdeep run` starts this flow only when something would run
+(flows/uptodate.py); the summary is built in flows/summary.py, shared with that check.
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ from bigdeep.errors import (
     describe,
     printable,
 )
+
+if not __package__:  # `python flows/pipeline.py`: the checkout's root, for the flows modules
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from flows.summary import MODELS, DatasetSummary, report_notes, stage_files, summary_text
 from flows.uptodate import dvc_changes, stage_names
 

@@ -46,12 +46,20 @@ def dataset_stages(dataset: str) -> list[tuple[str, str]]:
 
 def dvc_changes(project: Path) -> dict | None:
     """`dvc status` as {stage: what changed} ({} when all is up to date); None when DVC fails
-    (a busy lock, a broken dvc.yaml): the caller leaves the decision to `dvc repro`."""
+    (a busy lock, a broken dvc.yaml) or names something that is no stage of dvc.yaml (a .dvc
+    file): the caller then leaves the decision to `dvc repro`.
+
+    DVC names a stage relative to the working directory (`../project/dvc.yaml:train_cnn` when
+    it is elsewhere): the name is what follows the colon.
+    """
     from dvc.repo import Repo
 
     try:
         with Repo(str(project)) as repo:
-            changes = repo.status()
+            found = repo.status()
+        changes = {key.rsplit(":", 1)[-1]: what for key, what in found.items()}
+        if not set(changes) <= stage_names(project):
+            changes = None
     except Exception:  # noqa: BLE001 - `dvc repro` reports the problem itself
         changes = None
     orchestration.mark("dvc status (in-process)")

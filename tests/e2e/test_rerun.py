@@ -107,3 +107,21 @@ def test_a_rerun_with_nothing_changed_starts_no_flow_and_a_change_runs_it(
     assert UP_TO_DATE not in fourth.stdout
     assert "params.yaml already has train.cnn.epochs as asked" in fourth.stdout + fourth.stderr
     assert len(_flow_runs() - after_source) == 1
+
+
+def test_dvc_status_names_the_stages_from_any_working_directory(tmp_path, monkeypatch):
+    from flows.uptodate import dvc_changes
+
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "dvc.yaml").write_text(
+        "stages:\n  make:\n    foreach: [a, b]\n    do:\n"
+        "      cmd: echo ${item} > ${item}.txt\n      outs:\n        - ${item}.txt\n"
+    )
+    subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=project, check=True)
+    monkeypatch.chdir(tmp_path)  # DVC says `project/dvc.yaml:make@a` from here
+    assert set(dvc_changes(project)) == {"make@a", "make@b"}  # never run: both stale
+    subprocess.run([sys.executable, "-m", "dvc", "repro", "-q"], cwd=project, check=True)
+    assert dvc_changes(project) == {}
+    (project / "b.txt").write_text("changed\n")
+    assert set(dvc_changes(project)) == {"make@b"}
