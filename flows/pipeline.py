@@ -8,7 +8,8 @@ every run leaves a dvc.lock. The flow adds what DVC lacks: retries on transient 
 (network, a busy lock, HTTP 5xx; a deterministic error is not retried), run history, a summary
 artifact, and a Failed state whose data is a `RunFailed` naming the stage, the dataset and the
 fix (exit 3 when a quality gate failed). Stages run one after another: DVC locks the workspace
-while it reproduces.
+while it reproduces. `bigdeep run` starts this flow only when something would run
+(flows/uptodate.py); the summary is built in flows/summary.py, shared with that check.
 """
 
 from __future__ import annotations
@@ -39,8 +40,20 @@ from bigdeep.errors import (
     describe,
     printable,
 )
+from flows.summary import DatasetSummary, report_notes, summary_text
+from flows.uptodate import dvc_changes, stage_names
 
-__all__ = ["GateFailed", "RunFailed", "StageFailed", "pipeline", "serve"]
+__all__ = [
+    "DatasetSummary",
+    "GateFailed",
+    "RunFailed",
+    "StageFailed",
+    "pipeline",
+    "report_notes",
+    "serve",
+    "stage_files",
+    "summarize",
+]
 
 # What a retry can cure: the network, a lock another process holds, a server's 5xx.
 TRANSIENT = re.compile(
@@ -60,23 +73,6 @@ class StageRun:
     ran: bool  # False when DVC found it unchanged and skipped it
     returncode: int
     output: str = field(repr=False, default="")
-
-
-@dataclass
-class DatasetSummary:
-    dataset: str
-    gate_passed: bool | None = None
-    by_v: dict = field(default_factory=dict)
-    rows: int | None = None
-    quarantined: int | None = None
-    failures: list[str] = field(default_factory=list)
-    version: str | None = None
-    model: str | None = None
-    metrics: dict = field(default_factory=dict)
-    run: dict = field(default_factory=dict)  # MLflow run id, model URI, registry decision
-    stages: dict[str, str] = field(default_factory=dict)
-    failed_checks: list[str] = field(default_factory=list)  # grouped, most important first
-    notes: list[str] = field(default_factory=list)  # the report's shapes and drift lines
 
 
 def stage_error(output: str) -> str:
@@ -158,18 +154,10 @@ def fresh_stages(project: Path) -> set[str]:
 
     Valid until a stage runs: a stage that ran changes what its downstream stages depend on.
     """
-    import yaml
-
-    proc = _dvc(project, "status", "--json")
-    if proc.returncode != 0:
+    changed = dvc_changes(project)
+    if changed is None:
         return set()  # let each `dvc repro` decide (and report the problem)
-    changed = json.loads(proc.stdout or "{}")
-    stages = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
-    names = set()
-    for name, body in stages.items():
-        items = body.get("foreach") if isinstance(body, dict) else None
-        names |= {f"{name}@{item}" for item in items} if isinstance(items, list) else {name}
-    return names - set(changed)
+    return stage_names(project) - set(changed)
 
 
 @task(name="reproduce")
@@ -292,109 +280,10 @@ def gate(project_dir: str, dataset: str, fresh: bool = False) -> tuple[StageRun,
     return result, report
 
 
-# The few metrics a person reads first, per model; every metric is in the table below them.
-HEADLINE = {"cnn": ("test_acc", "test_loss"), "rnn": ("test_mae", "test_mae_vs_naive", "test_rmse")}
-
-
 @task(name="summarize")
 def summarize(project_dir: str, summaries: list[DatasetSummary]) -> str:
-    """Markdown for the console and the Prefect artifact: per dataset the gate, the failed
-    checks grouped, the model's headline metrics, where its run is, the registry decision
-    (or "unchanged" when training was skipped), then the full metrics as a table."""
-    from bigdeep.tracking import lock_outs
-
-    outs = lock_outs(Path(project_dir) / "dvc.lock")
-    store = _tracking_store(project_dir)
-    lines = ["# bigdeep pipeline", ""]
-    for s in summaries:
-        s.version = outs.get(stage_files(Path(project_dir), s.dataset).raw)
-        if "failed" in (s.stages.get("scan"), s.stages.get("ingest")):  # dvc.lock: the last data's
-            s.version = None
-        gate_word = {True: "PASSED", False: "FAILED", None: "not run"}[s.gate_passed]
-        lines += [f"## {s.dataset}: gate {gate_word}, version {s.version or '-'}", ""]
-        if s.rows is not None:
-            lines.append(f"- rows {s.rows}, quarantined {s.quarantined}")
-        for v, c in s.by_v.items():
-            if c["passed"] or c["failed"]:  # a V with no check for this dataset says nothing
-                lines.append(f"- {v}: {c['passed']} passed, {c['failed']} failed")
-        lines += [f"- {note}" for note in s.notes]
-        lines += [f"- failed check: {line}" for line in s.failed_checks]
-        if not s.failed_checks:  # a report without per-check data
-            lines += [f"- failure: {printable(f)}" for f in s.failures[:10]]
-        if s.model:
-            lines += _model_lines(s, store)
-        lines.append("- stages: " + ", ".join(f"{k} {v}" for k, v in s.stages.items()))
-        lines.append("")
-        if s.model and s.metrics:
-            lines += _metrics_table(s.model, s.metrics)
-    return "\n".join(lines)
-
-
-def report_notes(report: dict) -> list[str]:
-    """From a quality report, as `bigdeep validate` prints them: the sizes and modes seen and the
-    conversion (images), and drift against the last accepted version, or "first version of
-    <identity>: no drift or drop checks yet" when the source starts a new history."""
-    from bigdeep.quality.report import shapes_line, summary_lines
-
-    if "by_v" not in report:  # no report (the gate did not run)
-        return []
-    lines = [shapes_line(report), summary_lines(report)[-1]]
-    return [": ".join(line.split(None, 1)) for line in lines if line]
-
-
-def _model_lines(s: DatasetSummary, store: str) -> list[str]:
-    trained = s.stages.get(f"train_{s.model}") == "ran"
-    numbers = {k: v for k, v in s.metrics.items() if isinstance(v, int | float)}
-    shown = ", ".join(f"{k} {numbers[k]:.4g}" for k in HEADLINE.get(s.model, ()) if k in numbers)
-    run_id = s.run.get("run_id", "-")
-    when = "trained now" if trained else "unchanged (trained by an earlier run)"
-    lines = [
-        f"- model {s.model}, {when}: {shown or 'no metrics'}",
-        f"- MLflow: {_run_link(store, run_id)}",
-    ]
-    reg = s.run.get("registry") or {}
-    if reg and trained:
-        lines.append(
-            f"- registry: {reg['model']} v{reg['version']} is {reg['alias'] or 'not promoted'} ({reg['reason']})"
-        )
-    elif reg:
-        lines.append(
-            f"- registry: unchanged ({reg['model']} v{reg['version']}, {reg['alias'] or 'not promoted'} when it "
-            "was trained; see `bigdeep lineage` for the current aliases)"
-        )
-    return lines
-
-
-def _metrics_table(model: str, metrics: dict) -> list[str]:
-    rows = [(k, v) for k, v in sorted(metrics.items()) if isinstance(v, int | float)]
-    if not rows:
-        return []
-    out = [f"| {model} metric | value |", "|---|---:|"]
-    out += [f"| {k} | {v:.4g} |" for k, v in rows]
-    return [*out, ""]
-
-
-def _tracking_store(project_dir: str) -> str:
-    from bigdeep.config import load_settings
-    from bigdeep.tracking import tracking_uri
-
-    try:
-        return tracking_uri(load_settings(Path(project_dir) / "params.yaml").mlflow)
-    except BigdeepError:
-        return os.environ.get("MLFLOW_TRACKING_URI", "?")
-
-
-def _run_link(store: str, run_id: str) -> str:
-    """The run's page on a tracking server; else its id and the store it is in."""
-    if not store.startswith(("http://", "https://")) or run_id == "-":
-        return f"run {run_id} in {store}"
-    try:
-        from mlflow.tracking import MlflowClient
-
-        experiment = MlflowClient(store).get_run(run_id).info.experiment_id
-    except Exception:  # noqa: BLE001 - a link is a convenience: the id is enough
-        return f"run {run_id} on {store}"
-    return f"{store.rstrip('/')}/#/experiments/{experiment}/runs/{run_id}"
+    """The summary for the console and the Prefect artifact (flows.summary.summary_text)."""
+    return summary_text(project_dir, summaries)
 
 
 @flow(name="bigdeep-pipeline", log_prints=True)
@@ -486,14 +375,8 @@ def _run_dataset(project: str, s: DatasetSummary, fresh: set[str]) -> None:
     run, report = gate(project, dataset, f"validate@{dataset}" in fresh)
     fresh = set() if run.ran else fresh
     s.stages["validate"] = _word(run)
-    s.gate_passed = bool(report.get("passed"))
-    s.by_v, s.rows = report.get("by_v", {}), report.get("rows")
-    s.quarantined, s.failures = report.get("quarantined"), report.get("failures", [])
-    s.notes = report_notes(report)
+    s.take_report(report)
     if not s.gate_passed:
-        from bigdeep.quality.report import failure_lines
-
-        s.failed_checks = failure_lines(report, limit=8)
         return  # nothing is prepared, trained or registered on data that failed
     model = MODELS[dataset]
     for stage, key in ((f"prepare@{dataset}", "prepare"), (f"train_{model}", f"train_{model}")):
@@ -502,10 +385,7 @@ def _run_dataset(project: str, s: DatasetSummary, fresh: set[str]) -> None:
         fresh = set() if result.ran else fresh
         if result.returncode != 0:
             raise stage_failure(stage, dataset, result)
-    s.model = model
-    files = stage_files(Path(project), dataset)
-    s.metrics = json.loads((Path(project) / files.metrics).read_text())
-    s.run = json.loads((Path(project) / files.model_dir / "run.json").read_text())
+    s.take_model(Path(project))
 
 
 def _drop_stale_report(project: str, dataset: str) -> str:

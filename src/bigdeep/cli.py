@@ -143,12 +143,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     with hold_run(project, wait=not args.no_wait):  # one run at a time in a project
         for line in clear_stale_dvc_locks(project):
             print(f"bigdeep run: {line}", file=sys.stderr)
-        log = _run_log(project)
         user_url = os.environ.get("PREFECT_API_URL")
         _use_servers(Path(args.project) / ".bigdeep" / "servers")
         _print_store(_settings(args), Path(args.project) / ".bigdeep" / "servers")
+        from flows.uptodate import report_if_current  # flows/ is installed with bigdeep
+
+        if not overrides and report_if_current(project, args.datasets):
+            return 0  # nothing would run: no Prefect server, no flow run
+        log = _run_log(project)
         print(orchestration.connect(user_url), flush=True)  # PrefectUnavailable: one paragraph
-        from flows.pipeline import pipeline  # installed with bigdeep (pyproject.toml)
+        from flows.pipeline import pipeline
 
         orchestration.mark("flow module imported (prefect, yaml)")
         orchestration.quiet_outage_tracebacks()

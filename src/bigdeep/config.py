@@ -6,6 +6,7 @@ key is an error that names the key and the file.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -441,7 +442,7 @@ def dvc_stage(stage: str, item: str | None = None, project: Path = Path(".")) ->
     if not path.is_file():
         path = Path(__file__).resolve().parents[2] / "dvc.yaml"
     try:
-        stages = yaml.safe_load(path.read_text(encoding="utf-8"))["stages"]
+        stages = _parse_stages(path.read_text(encoding="utf-8"))
         body = stages[stage].get("do") or stages[stage]
     except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError):
         raise ConfigError(
@@ -449,6 +450,17 @@ def dvc_stage(stage: str, item: str | None = None, project: Path = Path(".")) ->
             "(run from the project root, or pass the paths as options)"
         ) from None
     return _fill(body, "${item}", item) if item is not None else body
+
+
+def dvc_stages(project: Path) -> dict:
+    """dvc.yaml's `stages` (not to be modified: one parse is shared while the file is the same)."""
+    return _parse_stages((Path(project) / "dvc.yaml").read_text(encoding="utf-8"))
+
+
+@functools.lru_cache(maxsize=4)
+def _parse_stages(text: str) -> dict:
+    # libyaml's parser where PyYAML has it: the same safe_load result, ~10x faster
+    return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))["stages"]
 
 
 def _fill(value, key: str, item: str):

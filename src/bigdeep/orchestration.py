@@ -236,7 +236,7 @@ def finish(code: int) -> NoReturn:
     took 13-60 s on a loaded machine after the flow's work (thousands of modules to unload).
     With the server gone there is nothing to deliver: a warning says what was not recorded.
     """
-    mark("flow returned")
+    mark("command returned")
     # nothing was sent to Prefect when it was never imported (a --set or lock error before the
     # flow), and a lost server only matters to say so once the flow's work is done
     reachable = "prefect" in sys.modules and api_reachable()
