@@ -21,7 +21,8 @@ import tempfile
 from pathlib import Path
 
 from bigdeep import orchestration
-from flows.summary import MODELS, DatasetSummary, dvc_stages, stage_files
+from bigdeep.config import MODELS, dvc_stages, stage_files
+from flows.summary import DatasetSummary
 
 
 def stage_names(project: Path) -> set[str]:

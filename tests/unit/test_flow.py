@@ -6,7 +6,8 @@ from pathlib import Path
 
 import yaml
 
-from flows.pipeline import DatasetSummary, stage_files, summarize
+from bigdeep.config import stage_files
+from flows.pipeline import DatasetSummary, summarize
 
 ROOT = Path(__file__).resolve().parents[2]
 
