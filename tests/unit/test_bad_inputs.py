@@ -562,6 +562,7 @@ def real_digits(shift: int = 0) -> Callable[[Path], None]:
     return setup
 
 
+@pytest.mark.slow
 def test_drift_passes_against_itself_and_fails_for_shifted_pixels(project: Project) -> None:
     real_digits()(project.root)
     project.params(images={"name": "digits"})  # one dataset identity, whatever its folder

@@ -273,6 +273,7 @@ def test_rnn_clips_the_gradient_norm_to_grad_clip():
 
 
 # torch warns that nn.LSTM's _flat_weights are re-assigned while tracing; outputs still match.
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:The tensor attributes self.rnn._flat_weights")
 def test_rnn_export_module_exports_with_dynamic_batch():
     model = SeriesForecaster(n_features=2, layers=3, hidden=8, horizon=2)

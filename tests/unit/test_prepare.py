@@ -42,6 +42,7 @@ def _arrays(folder: Path, split: str) -> dict[str, np.ndarray]:
     return dict(zip(("x", "y", "ids"), read_image_split(folder, split), strict=True))
 
 
+@pytest.mark.slow
 def test_prepare_images_drops_quarantined_records(tmp_path):
     ingest_images(
         Settings.model_validate({"data": {"images": {"per_class": 10}}}), tmp_path / "raw"
@@ -120,6 +121,7 @@ def write_raw_images(raw: Path, sizes: list[tuple[int, int]], shard_rows: int) -
     )
 
 
+@pytest.mark.slow
 def test_prepare_never_holds_the_decoded_images_in_memory(tmp_path):
     n, side = 4000, 128  # 64 MiB of pixels once decoded
     write_raw_images(tmp_path / "raw", [(side, side)] * n, shard_rows=250)

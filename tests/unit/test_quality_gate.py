@@ -413,6 +413,7 @@ def gate_images_streamed(raw: Path, chunk_rows: int) -> GateResult:
     return gate_images("images", raw, IMAGES, workers=1, chunk_rows=chunk_rows)
 
 
+@pytest.mark.slow
 def test_series_streamed_in_chunks_equal_one_pass(tmp_path: Path):
     from bigdeep.quality.gate import gate_series
 

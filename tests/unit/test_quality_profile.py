@@ -160,6 +160,7 @@ def test_profile_marks_later_copies_as_duplicates_across_shards(store: Path):
     assert profile["duplicate_of"].notna().sum() == 1  # the first copy is not a duplicate
 
 
+@pytest.mark.slow
 def test_profile_in_two_processes_equals_one(store: Path):
     pd.testing.assert_frame_equal(
         profile_images(store, workers=2), profile_images(store, workers=1)
