@@ -53,7 +53,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from bigdeep.quality.report import failure_lines, shapes_line, summary_lines
+    from bigdeep.quality.report import failure_lines, privacy_line, shapes_line, summary_lines
     from bigdeep.validate import validate
 
     reference = Path(args.reference) if args.reference else None
@@ -74,6 +74,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print(f"  {v:<9} {counts['passed']} passed, {counts['failed']} failed")
     if shapes := shapes_line(report):  # images: sizes and modes seen, the conversion
         print(shapes)
+    if privacy := privacy_line(report):  # series: personal data found (masked), per column
+        print(privacy)
     print(summary_lines(report)[-1])  # drift against the last accepted version, every run
     for line in failure_lines(report):  # grouped by check, most important first
         print(f"  - {line}", file=sys.stderr)

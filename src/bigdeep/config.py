@@ -174,6 +174,22 @@ class ImageQuality(Strict):
         return v
 
 
+class SeriesPrivacy(Strict):
+    # quarantine: found values are masked in every output and listed (masked) in the
+    # quarantine's privacy.parquet; the rows' other columns still train. fail: the gate fails.
+    # off: text columns are not scanned
+    policy: Literal["quarantine", "fail", "off"] = "quarantine"
+    # what to look for in string/object columns (quality/privacy.py)
+    types: list[Literal["email", "phone", "card", "iban"]] = ["email", "phone", "card", "iban"]
+
+    @field_validator("types")
+    @classmethod
+    def _types(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"{v}: a type is listed twice")
+        return v
+
+
 class SeriesQuality(Strict):
     # volume
     min_rows: int = Field(10, ge=1)
@@ -195,6 +211,8 @@ class SeriesQuality(Strict):
     max_age: str | None = None  # newest row at most this old (e.g. 2d); null: not checked
     # A hole in a series cannot be windowed without imputation, so by default any bad row fails.
     max_quarantine_fraction: float = Field(0.0, ge=0, le=1)
+    # privacy: personal data in text columns (not counted in max_quarantine_fraction)
+    privacy: SeriesPrivacy = SeriesPrivacy()
 
     @field_validator("bounds")
     @classmethod

@@ -36,6 +36,7 @@ from bigdeep.config import ImagePrepare, ImageQuality, SeriesData, SeriesQuality
 from bigdeep.data.images import conversion_text
 from bigdeep.data.store import shard_paths
 from bigdeep.quality.drift import ProfileBuilder, Reference, edges_between
+from bigdeep.quality.privacy import PRIVACY_RECORD_COLUMNS, Findings, scan_column
 from bigdeep.quality.profile import (
     CHUNK_ROWS,
     INTENSITY_BINS,
@@ -49,10 +50,12 @@ from bigdeep.quality.results import QUARANTINE_COLUMNS, Run, Table, Verdict, iso
 from bigdeep.quality.suites import (
     CLASS_COLUMNS,
     DRIFT_COLUMNS,
+    PRIVACY_COLUMNS,
     SUMMARY_COLUMNS,
     class_count_suite,
     drift_suite,
     image_suite,
+    privacy_suite,
     series_suite,
     summary_suite,
 )
@@ -74,6 +77,10 @@ class GateResult:
     key: str = "record_id"  # the column that identifies a record in the raw shards
     profile: dict[str, Any] | None = None  # this version's reference profile (drift.py)
     validation: Any = None  # GX ExpectationSuiteValidationResult of every check (Data Docs)
+    # series: the personal data found (PRIVACY_RECORD_COLUMNS, masked), and the types scanned
+    # for (the quarantine's copies of rows are masked for the same); None / () when off
+    privacy: pd.DataFrame | None = None
+    privacy_types: tuple[str, ...] = ()
 
 
 def class_counts(profile: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
@@ -340,7 +347,12 @@ def _gate_series(
         name, s.min_rows, s.max_rows, s.max_drop_pct, "rows", max_age_s, not s.allow_extra_columns
     )
     drift = drift_suite(name, s.max_drift_js, s.max_drift_linf)
-    run = Run(name, [summary, records, drift])
+    # privacy: text columns are scanned, and masked before anything else reads them
+    findings = None
+    if s.privacy.policy != "off":
+        findings = Findings(s.privacy.types, skip=[ts, ZONE_COLUMN], key="row")
+    privacy = privacy_suite(name, s.privacy) if findings else None
+    run = Run(name, [summary, records, drift, *([privacy] if privacy else [])])
     builder = ProfileBuilder(name, edges, ref)
     builder.robust = {c: stats for c, stats in own.items() if stats is not None}
     required = ["row", ts, *values]
@@ -358,6 +370,8 @@ def _gate_series(
                 f"{name}: table has no 'row' column to name its records "
                 f"(columns: {', '.join(map(str, frame.columns))})"
             )
+        if findings is not None:
+            frame = findings.scan(frame)
         numeric = frozenset(c for c in values if c in frame and _numeric(frame[c]))
         if numeric not in suites:
             suites[numeric] = series_suite(data, s, timeline, numeric, ranges)
@@ -392,6 +406,8 @@ def _gate_series(
     run.validate(drift, Table(pd.DataFrame(drift_rows, columns=DRIFT_COLUMNS), "measure"))
     if reference is not None and reference.error:
         run.cannot_run(["row_drop", "drift_js", "drift_linf"], reference.error)
+    if privacy is not None and findings is not None:
+        run.validate(privacy, Table(_privacy_table(findings), "column"))
     columns = {
         "expected": required,
         "missing": [c for c in required if c not in seen],
@@ -403,9 +419,33 @@ def _gate_series(
     report_drift = _drift_report(reference, rows, drift_rows, s.max_drift_js, s.max_drift_linf)
     header_only = rows == 0 and len(seen) > 1
     verdict = run.verdict(rows, s.max_quarantine_fraction, "rows", header_only)
-    return _result(
+    result = _result(
         name, rows, s.max_quarantine_fraction, verdict, report_drift, columns, "row", builder
     )
+    section = (
+        findings.report(s.privacy.policy)
+        if findings
+        else {"policy": "off", "types": [], "columns_scanned": [], "found": {}}
+    )
+    report = result.report
+    at = list(report).index("columns") + 1  # the report's keys keep a fixed order
+    result.report = dict(
+        [*list(report.items())[:at], ("privacy", section), *list(report.items())[at:]]
+    )
+    if findings is not None:
+        result.privacy, result.privacy_types = findings.records(), tuple(findings.types)
+    return result
+
+
+def _privacy_table(findings: Findings) -> pd.DataFrame:
+    """One row per text column scanned (PRIVACY_COLUMNS): per type, the rows holding one, the
+    first row numbers and a masked example."""
+    data: dict[str, Any] = {"column": pd.array(findings.columns, dtype="str")}
+    for t in findings.types:
+        data[t] = np.array([findings.rows(t, c) for c in findings.columns], dtype=np.int64)
+        data[f"{t}_rows"] = pd.array([findings.listed(t, c) for c in findings.columns], "str")
+        data[f"{t}_example"] = pd.array([findings.example(t, c) for c in findings.columns], "str")
+    return pd.DataFrame(data, columns=[c for c in PRIVACY_COLUMNS if c in data])
 
 
 def _result(
@@ -532,7 +572,9 @@ def write_quarantine(
 ) -> tuple[Path, Path]:
     """Write `reasons.parquet` (QUARANTINE_COLUMNS) and `records.parquet` (copies of the
     quarantined rows from the raw shards, raw schema). Both are written even when empty;
-    the raw shards are only read, one at a time."""
+    the raw shards are only read, one at a time. A series scanned for personal data also
+    gets `privacy.parquet` (PRIVACY_RECORD_COLUMNS, masked), and its copied rows are masked
+    the same way: a value of personal data is never copied in clear."""
     out = Path(quarantine_dir)
     out.mkdir(parents=True, exist_ok=True)
     reasons_path, records_path = out / "reasons.parquet", out / "records.parquet"
@@ -555,8 +597,28 @@ def write_quarantine(
         records = pq.read_schema(paths[0]).remove_metadata().empty_table()
     else:
         records = pa.table({result.key: pa.array([], pa.string())})
+    if result.privacy_types:
+        records = _masked_table(records, result.privacy_types)
     pq.write_table(records, records_path)
+    privacy_path = out / "privacy.parquet"
+    if result.privacy is not None:
+        privacy = pa.Table.from_pandas(result.privacy, preserve_index=False).cast(
+            pa.schema([(c, pa.string()) for c in PRIVACY_RECORD_COLUMNS])
+        )
+        pq.write_table(privacy, privacy_path)
+    elif privacy_path.exists():  # policy off now: no list from an earlier run is left behind
+        privacy_path.unlink()
     return reasons_path, records_path
+
+
+def _masked_table(table: pa.Table, types: tuple[str, ...]) -> pa.Table:
+    """`table` with the personal data in its text columns masked."""
+    for i, field in enumerate(table.schema):
+        if pa.types.is_string(field.type) or pa.types.is_large_string(field.type):
+            column = table[field.name].to_pandas()
+            masked = scan_column(column, types).redacted
+            table = table.set_column(i, field, pa.array(masked, type=field.type, from_pandas=True))
+    return table
 
 
 def _concat(parts: list[pa.Table]) -> pa.Table:

@@ -36,8 +36,8 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 TYPES = ("email", "phone", "card", "iban")
-NAMES = {"email": "e-mail address", "phone": "phone number", "card": "payment card number",
-         "iban": "IBAN"}  # fmt: skip
+NAMES = {"email": "an e-mail address", "phone": "a phone number",
+         "card": "a payment card number", "iban": "an IBAN"}  # fmt: skip
 
 # --- e-mail ----------------------------------------------------------------------------------
 
@@ -180,7 +180,9 @@ _PHONE_PREFILTER = (
     r"\+\d|(?:^|[^\w.+\-/:])(?:00[1-9]|\(?0\d{1,4}\)?[ .\-]?\d{2})"
     r"|(?:^|[^\w.+\-/:])\(?[2-9]\d{2}\)?[ .\-]?[2-9]\d{2}[ .\-]\d{4}(?:$|[^\w:/.,\-]|[.,\-](?:$|\D))"
 )
-_DATE = re.compile(r"(?<!\d)(?:\d{4}[-/.]\d{1,2}[-/.]\d{1,2}|\d{1,2}[-/.]\d{1,2}[-/.]\d{2,4})(?!\d)")
+_DATE = re.compile(
+    r"(?<!\d)(?:\d{4}[-/.]\d{1,2}[-/.]\d{1,2}|\d{1,2}[-/.]\d{1,2}[-/.]\d{2,4})(?!\d)"
+)
 _DECIMAL = re.compile(r"[+]?\d+[.,]\d+")
 _IP = re.compile(r"\d{1,3}(?:\.\d{1,3}){3}")
 
@@ -325,3 +327,105 @@ def text_columns(frame: pd.DataFrame, skip: Iterable[str] = ()) -> list[str]:
         if c not in skipped
         and (pd.api.types.is_string_dtype(frame[c].dtype) or frame[c].dtype == object)
     ]
+
+
+# --- over a whole dataset, chunk by chunk ----------------------------------------------------
+
+ROWS_LISTED = 20  # row numbers listed per (type, column) in the report; all are in the quarantine
+PRIVACY_RECORD_COLUMNS = ["record", "check", "column", "observed"]  # privacy.parquet
+
+
+@dataclass
+class _Found:
+    rows: int = 0
+    listed: list[int] = field(default_factory=list)
+    example: str | None = None
+
+
+class Findings:
+    """What the scan found over every chunk of one dataset: counts, the first row numbers and
+    a masked example per (type, column), and one record per (row, type, column).
+
+        findings = Findings(["email", "phone"], skip=["row", "timestamp"])
+        for frame in chunks:
+            frame = findings.scan(frame)   # text columns masked; use this frame from here on
+    """
+
+    def __init__(self, types: Iterable[str], skip: Iterable[str] = (), key: str = "row") -> None:
+        self.types = [t for t in TYPES if t in set(types)]
+        self.skip, self.key = set(skip) | {key}, key
+        self.columns: list[str] = []  # the text columns scanned, in the order first seen
+        self.found: dict[tuple[str, str], _Found] = {}
+        self._records: list[pd.DataFrame] = []
+
+    def scan(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """`frame` with its text columns' personal data masked (a copy when any is found)."""
+        out = frame
+        for c in text_columns(frame, self.skip):
+            if c not in self.columns:
+                self.columns.append(c)
+            scan = scan_column(frame[c], self.types)
+            if not scan.found:
+                continue
+            if out is frame:
+                out = frame.copy()
+            out[c] = scan.redacted
+            keys = frame[self.key].to_numpy() if self.key in frame else None
+            for kind, positions in scan.rows.items():
+                if not positions:
+                    continue
+                rows = keys[positions] if keys is not None else positions
+                f = self.found.setdefault((kind, str(c)), _Found())
+                f.rows += len(positions)
+                f.listed += [int(r) for r in rows[: ROWS_LISTED - len(f.listed)]]
+                f.example = f.example or scan.examples.get(kind)
+                self._records.append(
+                    pd.DataFrame(
+                        {
+                            "record": pd.array([str(r) for r in rows], dtype="str"),
+                            "check": f"privacy_{kind}",
+                            "column": str(c),
+                            "observed": scan.redacted.iloc[positions].astype("str").to_numpy(),
+                        }
+                    )
+                )
+        return out
+
+    def rows(self, kind: str, column: str) -> int:
+        f = self.found.get((kind, column))
+        return f.rows if f else 0
+
+    def example(self, kind: str, column: str) -> str | None:
+        f = self.found.get((kind, column))
+        return f.example if f else None
+
+    def records(self) -> pd.DataFrame:
+        """One row per (record, type, column), PRIVACY_RECORD_COLUMNS, the values masked."""
+        if not self._records:
+            return pd.DataFrame({c: pd.Series(dtype="str") for c in PRIVACY_RECORD_COLUMNS})
+        return pd.concat(self._records, ignore_index=True).astype("str")
+
+    def listed(self, kind: str, column: str) -> str:
+        """The first row numbers, as text for a sentence."""
+        f = self.found.get((kind, column))
+        if f is None:
+            return ""
+        text = ", ".join(map(str, f.listed))
+        return text if f.rows <= len(f.listed) else f"{text}, ... {f.rows - len(f.listed)} more"
+
+    def report(self, policy: str) -> dict:
+        """The report's privacy section: per type, per column, rows and the first ones."""
+        found: dict[str, dict[str, dict]] = {}
+        for (kind, column), f in self.found.items():
+            found.setdefault(kind, {})[column] = {
+                "rows": f.rows,
+                "first_rows": f.listed,
+                "example": f.example,
+            }
+        return {
+            "policy": policy,
+            "types": list(self.types),
+            "columns_scanned": list(self.columns),
+            "found": {k: dict(sorted(found[k].items())) for k in self.types if k in found},
+            "rows_listed": ROWS_LISTED,
+        }

@@ -64,6 +64,8 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         lines.append(f"  {v:<9} {c['passed']} passed, {c['failed']} failed")
     if shapes := shapes_line(report):
         lines.append(shapes)
+    if privacy := privacy_line(report):
+        lines.append(privacy)
     drift = report.get("drift") or {}
     if drift.get("note"):
         lines.append(f"  drift     {drift['note']}")
@@ -95,6 +97,27 @@ def shapes_line(report: dict[str, Any]) -> str | None:
     return f"  shapes    {seen}; conversion: {shapes['conversion']}"
 
 
+def privacy_line(report: dict[str, Any]) -> str | None:
+    """Series: the personal data found, per type and column with the first rows, in one line;
+    values are never in the report, only counts, row numbers and masked examples."""
+    privacy = report.get("privacy")
+    if not privacy:
+        return None
+    if privacy["policy"] == "off":
+        return "  privacy   off (quality.series.privacy.policy): text columns not scanned"
+    parts = []
+    for kind, columns in privacy["found"].items():
+        for column, f in columns.items():
+            rows = ", ".join(map(str, f["first_rows"][:5]))
+            more = ", ..." if f["rows"] > min(5, len(f["first_rows"])) else ""
+            parts.append(f"{kind} in {column}: {f['rows']} (rows {rows}{more})")
+    scanned = len(privacy["columns_scanned"])
+    if not parts:
+        return f"  privacy   nothing found in {scanned} text column(s)"
+    action = "the gate fails" if privacy["policy"] == "fail" else "masked, rows kept"
+    return f"  privacy   {'; '.join(parts)}; {action} (policy {privacy['policy']})"
+
+
 def _short(value: Any) -> Any:
     if value is None or isinstance(value, bool | int | float):
         return value
@@ -117,12 +140,18 @@ def failure_groups(report: dict[str, Any]) -> list[dict[str, Any]]:
         could_not_run = isinstance(e.get("observed"), str) and e["observed"].startswith(
             "could not run"
         )
+        count = int(e.get("unexpected_count") or 1) if e.get("record_level") else 1
+        if e["v"] == "privacy":  # rows holding that type, over every column
+            found = (report.get("privacy") or {}).get("found", {})
+            count = sum(
+                f["rows"] for f in found.get(e["check"].removeprefix("privacy_"), {}).values()
+            )
         groups.append(
             {
                 "check": e["check"],
                 "v": e["v"],
                 "critical": bool(e.get("critical")) or could_not_run,
-                "count": int(e.get("unexpected_count") or 1) if e.get("record_level") else 1,
+                "count": count,
                 "first": e.get("first_failure") or e.get("notes") or "",
                 "order": order,
             }
@@ -162,6 +191,8 @@ def failure_lines(report: dict[str, Any], limit: int = 8) -> list[str]:
     for g in groups[:limit]:
         label = f"{g['v']} {g['check']}".strip() or "failure"
         kind = "fails the gate" if g["critical"] else "quarantined"
+        if g["v"] == "privacy" and not g["critical"]:
+            kind = "masked"
         count = f"{g['count']} {unit}" if g["count"] > 1 else f"1 {unit[:-1]}"
         lines.append(f"{label} ({kind}, {count}): {printable(g['first'])}")
     if len(groups) > limit:

@@ -332,9 +332,10 @@ class Run:
                 f"over max_quarantine_fraction={max_fraction:g}"
             )
         passed = rows > 0 and not over and not any(o.blocks for o in outcomes)
-        by_v = {v: {"passed": 0, "failed": 0} for v in VS}
+        by_v = {v: {"passed": 0, "failed": 0} for v in VS}  # then privacy, where it ran
         for o in outcomes:
-            by_v[o.entry["v"]]["passed" if o.entry["success"] else "failed"] += 1
+            counts = by_v.setdefault(o.entry["v"], {"passed": 0, "failed": 0})
+            counts["passed" if o.entry["success"] else "failed"] += 1
         return Verdict(
             passed=passed,
             quarantined=quarantined,

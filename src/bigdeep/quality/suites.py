@@ -2,10 +2,11 @@
 
 A row says what one check is, in the order the tables below give it:
   name    unique in its suite; the `check` column of the quarantine and of the report
-  v       the V it guards: volume | variety | validity | velocity
+  v       the V it guards: volume | variety | validity | velocity, or privacy (personal data)
   scope   record: a failure names records, which are quarantined; the gate fails when too many
           are (max_quarantine_fraction decides, not the check). dataset: a failure fails the
-          gate on its own
+          gate on its own. noted: a failure is reported and acted on outside the record
+          quarantine (privacy: the values are masked and listed), and does not fail the gate
   expect  the GX expectation (`Expect` + this), its column and its other arguments
   says    the failure sentence, formatted by results.py from the fields: key (record id / row /
           class / measure), ts (the row's timestamp), column, value, value_repr (quoted if
@@ -24,7 +25,8 @@ Each dataset is validated as several tables, each with its suite:
   images  the profile (one row per image, validated chunk by chunk), the per-class counts,
           a one-row summary (rows, drop) and the drift table (one row per measure);
   series  the raw rows plus columns derived from the whole timeline (chunk by chunk), the
-          summary (rows, drop, age of the newest row) and the drift table.
+          summary (rows, drop, age of the newest row), the drift table and the privacy table
+          (one row per text column: what privacy.py found in it).
 """
 
 from __future__ import annotations
@@ -35,16 +37,18 @@ from typing import Any, Literal
 
 import numpy as np
 
-from bigdeep.config import ImagePrepare, ImageQuality, SeriesData, SeriesQuality
+from bigdeep.config import ImagePrepare, ImageQuality, SeriesData, SeriesPrivacy, SeriesQuality
+from bigdeep.quality.privacy import NAMES, TYPES
 from bigdeep.quality.profile import PROFILE_COLUMNS, mode_bands
 from bigdeep.quality.ranges import ValueRange, finite_column
 from bigdeep.quality.timeline import ZONE_COLUMN, Timeline, duration_text
 
-V = Literal["volume", "variety", "validity", "velocity"]
-VS: tuple[V, ...] = ("volume", "variety", "validity", "velocity")
-Scope = Literal["record", "dataset"]
+V = Literal["volume", "variety", "validity", "velocity", "privacy"]
+VS: tuple[V, ...] = ("volume", "variety", "validity", "velocity")  # every dataset has these
+Scope = Literal["record", "dataset", "noted"]
 RECORD: Scope = "record"
 DATASET: Scope = "dataset"
+NOTED: Scope = "noted"
 
 # The pandas dtypes GX's type-list check accepts as numbers.
 NUMERIC_TYPES = ["float64", "float32", "int64", "int32", "int16", "int8"]
@@ -66,6 +70,8 @@ CLASS_COLUMNS = ["class", "records", "imbalance"]  # key: class
 SUMMARY_COLUMNS = ["dataset", "rows", "reference_rows", "drop_pct", "newest", "age_s"]
 SUMMARY_COLUMNS += ["extra_columns"]  # key: dataset
 DRIFT_COLUMNS = ["measure", "js", "linf"]  # key: measure
+# key: column; per type: rows holding one, the first rows (text), the first one masked
+PRIVACY_COLUMNS = ["column"] + [f"{t}{part}" for t in TYPES for part in ("", "_rows", "_example")]
 
 
 @dataclass(frozen=True)
@@ -217,6 +223,28 @@ def drift_suite(name: str, max_js: float, max_linf: float) -> Suite:
               f"{max_linf:g}"),
     ])
     # fmt: on
+
+
+def privacy_suite(name: str, settings: SeriesPrivacy) -> Suite:
+    """Personal data in the text columns (the privacy table, PRIVACY_COLUMNS), one check per
+    type. policy fail: a find fails the gate; quarantine: it is noted (masked and listed)."""
+    fail = settings.policy == "fail"
+    if fail:
+        action = (
+            "quality.series.privacy.policy is fail: remove it at the source, or set the "
+            "policy to quarantine to mask it and train on the other columns"
+        )
+    else:
+        action = "masked in every output, listed in the quarantine's privacy.parquet"
+    checks = [
+        Check(f"privacy_{t}", "privacy", DATASET if fail else NOTED, "ColumnValuesToBeBetween",
+              t, {"max_value": 0},
+              f'column "{{key}}": {{value}} row(s) hold {NAMES[t]}, e.g. {{rec[{t}_example]}} '
+              f"(rows {{rec[{t}_rows]}}); {action}",
+              f"no {NAMES[t]} in any text column (policy {settings.policy})")
+        for t in settings.types
+    ]  # fmt: skip
+    return suite(f"{name}_privacy", checks)
 
 
 # --- images: the profile table (one row per image) ------------------------------------------
