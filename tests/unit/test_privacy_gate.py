@@ -168,9 +168,8 @@ def test_quarantine_masks_lists_and_trains_on_every_row(project, capsys, caplog)
 
     quarantine = project / "data/quarantine/series"
     listed = pd.read_parquet(quarantine / "privacy.parquet")
-    assert sorted(zip(listed["record"].astype(int), listed["check"], listed["column"])) == sorted(
-        (row, f"privacy_{kind}", column) for row, column, kind, _ in PLANTED
-    )
+    rows = zip(listed["record"].astype(int), listed["check"], listed["column"], strict=True)
+    assert sorted(rows) == sorted((r, f"privacy_{kind}", c) for r, c, kind, _ in PLANTED)
     assert "contact j***@e***.org please" in set(listed["observed"])
     copies = pd.read_parquet(quarantine / "records.parquet")
     assert list(copies["row"]) == [30] and list(copies["note"]) == ["contact c***@e***.net please"]
