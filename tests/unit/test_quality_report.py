@@ -62,7 +62,10 @@ def test_summary_lines_one_per_v():
     assert lines[0] == "series: FAILED (24 rows, 1 quarantined)"
     assert [line.split()[0] for line in lines[1:5]] == ["volume", "variety", "validity", "velocity"]
     assert lines[3] == "  validity  10 passed, 1 failed"  # with Demand_outlier, Temperature_outlier
-    assert lines[5] == "  drift     no reference yet (first accepted version)"
+    # series: the privacy group (on by default), what it found in the text columns, then drift
+    assert lines[5] == "  privacy   4 passed, 0 failed"  # email, phone, card, iban: no text column
+    assert lines[6] == "  privacy   nothing found in 0 text column(s)"
+    assert lines[7] == "  drift     no reference yet (first accepted version)"
 
 
 def test_data_docs_are_one_offline_page_naming_the_failures(tmp_path: Path):

@@ -59,7 +59,7 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     lines = [
         f"{report['dataset']}: {word} ({report['rows']} rows, {report['quarantined']} quarantined)"
     ]
-    for v in VS:
+    for v in [*VS, *(["privacy"] if "privacy" in report["by_v"] else [])]:
         c = report["by_v"].get(v, {"passed": 0, "failed": 0})
         lines.append(f"  {v:<9} {c['passed']} passed, {c['failed']} failed")
     if shapes := shapes_line(report):
