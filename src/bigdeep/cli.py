@@ -99,10 +99,18 @@ def cmd_quality(args: argparse.Namespace) -> int:
     import json
 
     from bigdeep import history
-    from bigdeep.config import DATASETS
+    from bigdeep.config import DATASETS, IDENTITY
+    from bigdeep.errors import UsageError
     from bigdeep.tracking import tracking_uri
 
     settings = _settings(args)
+    slot = args.dataset if args.dataset in DATASETS else None
+    identity = getattr(settings.data, slot).identity if slot else args.dataset
+    if not IDENTITY.fullmatch(identity):
+        raise UsageError(
+            f"quality history {args.dataset!r}: name a dataset (images, series) or a dataset "
+            "identity (lower-case letters, digits, - and _, e.g. vic_elec)"
+        )
     _use_servers(Path(".bigdeep/servers"))
     out = sys.stderr if getattr(args, "json", False) else sys.stdout
     _print_store(settings, file=out)  # --json: stdout stays JSON
@@ -116,8 +124,6 @@ def cmd_quality(args: argparse.Namespace) -> int:
             print(sent.warning, file=sys.stderr)
             return EXIT_FAILED
         return 0
-    slot = args.dataset if args.dataset in DATASETS else None
-    identity = getattr(settings.data, slot).identity if slot else args.dataset
     waiting = history.flush(settings.mlflow)  # figures a store outage left behind, first
     if waiting.warning:
         print(waiting.warning, file=sys.stderr)

@@ -292,9 +292,10 @@ def record_validation(
         md5, why = None, f"dvc.lock unreadable ({type(e).__name__})"
     if md5 is None:
         return Sent([f"quality history: not recorded: {why}"])
+    slot = getattr(settings.data, report["dataset"])
     record = version_record(
-        report,
-        source=getattr(settings.data, report["dataset"]).source,
+        {**report, "identity": report.get("identity") or slot.identity},
+        source=slot.source,
         raw_md5=md5,
         report_path=report_path.as_posix(),
         validated_at=int(time.time() * 1000),
