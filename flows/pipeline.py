@@ -261,6 +261,9 @@ def ingest(project_dir: str, dataset: str, fresh: bool = False) -> StageRun:
 def gate(project_dir: str, dataset: str, fresh: bool = False) -> tuple[StageRun, dict]:
     """Run `validate@<dataset>` and read its report; a failed gate stops this dataset."""
     result = reproduce.fn(project_dir, f"validate@{dataset}", fresh)
+    for line in result.output.splitlines():  # the store did not take the quality history
+        if line.startswith("warning: quality history"):
+            get_run_logger().warning("validate@%s: %s", dataset, line.removeprefix("warning: "))
     report_path = Path(project_dir) / stage_files(Path(project_dir), dataset).report
     report = json.loads(report_path.read_text()) if report_path.exists() else {}
     if report:

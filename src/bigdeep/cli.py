@@ -10,6 +10,7 @@
     bigdeep servers up     # Prefect + MLflow servers (SQLite, or --postgres URL)
     bigdeep schedule --cron "0 3 * * *"
     bigdeep lineage bigdeep-cnn@champion ; bigdeep restore bigdeep-cnn@champion
+    bigdeep quality history series         # each validated version's figures (MLflow)
 
 Paths come from dvc.yaml (the stage's cmd); parameters from params.yaml. Exit status:
 0 done, 1 failed, 2 bad config or usage, 3 the quality gate failed. An error bigdeep detects
@@ -57,9 +58,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from bigdeep.validate import validate
 
     reference = Path(args.reference) if args.reference else None
+    settings = _settings(args)
     result = validate(
         args.dataset,
-        _settings(args),
+        settings,
         Path(args.raw),
         Path(args.report),
         Path(args.quarantine),
@@ -79,7 +81,77 @@ def cmd_validate(args: argparse.Namespace) -> int:
     print(summary_lines(report)[-1])  # drift against the last accepted version, every run
     for line in failure_lines(report):  # grouped by check, most important first
         print(f"  - {line}", file=sys.stderr)
+    _record_quality(settings, report, Path(args.report), Path(args.raw))
     return 0 if result.passed else EXIT_GATE
+
+
+def _record_quality(settings, report: dict, report_path: Path, raw: Path) -> None:
+    """The version's figures to the quality history (never changes the gate's verdict)."""
+    from bigdeep.history import record_validation
+
+    sent = record_validation(settings, report, report_path, raw)
+    for line in sent.lines:
+        print(line)
+    if sent.warning:
+        print(sent.warning, file=sys.stderr)
+
+
+def cmd_quality(args: argparse.Namespace) -> int:
+    """`quality history` (a table of the versions, oldest first) and `quality record`."""
+    import json
+
+    from bigdeep import history
+    from bigdeep.config import DATASETS, IDENTITY
+    from bigdeep.errors import UsageError
+    from bigdeep.tracking import tracking_uri
+
+    settings = _settings(args)
+    slot = args.dataset if args.dataset in DATASETS else None
+    identity = getattr(settings.data, slot).identity if slot else args.dataset
+    if not IDENTITY.fullmatch(identity):
+        raise UsageError(
+            f"quality history {args.dataset!r}: name a dataset (images, series) or a dataset "
+            "identity (lower-case letters, digits, - and _, e.g. vic_elec)"
+        )
+    _use_servers(Path(".bigdeep/servers"))
+    out = sys.stderr if getattr(args, "json", False) else sys.stdout
+    _print_store(settings, file=out)  # --json: stdout stays JSON
+    if args.action == "record":
+        sent = history.record_report(
+            settings, args.dataset, Path(args.report), args.md5 and args.md5.strip()
+        )
+        for line in sent.lines:
+            print(line)
+        if sent.warning:
+            print(sent.warning, file=sys.stderr)
+            return EXIT_FAILED
+        return 0
+    waiting = history.flush(settings.mlflow)  # figures a store outage left behind, first
+    if waiting.warning:
+        print(waiting.warning, file=sys.stderr)
+    uri = tracking_uri(settings.mlflow)
+    experiment = settings.mlflow.experiment + history.SUFFIX
+    rows = history.read_history(uri, experiment, identity)
+    if rows is None:
+        rows = history.client_history(uri, experiment, identity)
+    rows = rows[-args.limit :] if args.limit else rows
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    if not rows:
+        name = f"{args.dataset} ({identity})" if slot else identity
+        print(
+            f"bigdeep quality history: no quality history for {name} in MLflow experiment "
+            f"{experiment} yet: `bigdeep run` / `dvc repro validate@{slot or '<dataset>'}` "
+            f"records each version it validates; `bigdeep quality record {slot or '<dataset>'} "
+            f"--report reports/quality/{slot or '<dataset>'}.json` records one validated before",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    if not args.json:
+        name = f"{args.dataset} ({identity})" if slot else identity
+        print(f"{name}: {len(rows)} version(s), MLflow experiment {experiment}")
+        print(history.history_table(rows))
+    return 0
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
@@ -548,6 +620,21 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("restore", help="bring back the exact raw data of a registered model")
     s.add_argument("ref", help="<model>@<alias|version>")
     s.set_defaults(func=cmd_restore)
+
+    s = sub.add_parser("quality", help="quality over time: history | record")
+    q = s.add_subparsers(dest="action", required=True)
+    h = q.add_parser("history", help="each validated version's figures, oldest first")
+    h.add_argument("dataset", help="images | series (the slot's identity), or an identity")
+    h.add_argument("--limit", type=int, default=20, help="newest N versions (0: all; default 20)")
+    h.add_argument("--json", action="store_true", help="print JSON (the store line on stderr)")
+    h.set_defaults(func=cmd_quality)
+    r = q.add_parser("record", help="(re)send a quality report, e.g. one validated before")
+    r.add_argument("dataset", choices=["images", "series"])
+    r.add_argument("--report", required=True, help="the report, e.g. reports/quality/series.json")
+    r.add_argument(
+        "--md5", help="the raw data's DVC md5 (default: data/raw/<dataset>'s in dvc.lock)"
+    )
+    r.set_defaults(func=cmd_quality)
 
     s = sub.add_parser("ui", help="start the MLflow UI")
     s.add_argument("--host", default="127.0.0.1")
