@@ -363,10 +363,21 @@ class RNNParams(Strict):
         return v
 
 
+class ExplainParams(Strict):
+    """Attributions of each tested model (bigdeep.explain): what they cost is these samples."""
+
+    enabled: bool = True  # false: <plots>/explain holds only a README.txt saying so
+    per_class: int = Field(8, ge=1)  # CNN: seeded test images per class -> the class mean maps
+    wrong: int = Field(16, ge=0)  # CNN: the most confidently wrong test images shown
+    windows: int = Field(64, ge=1)  # RNN: seeded test windows -> the (step, column) heat map
+    steps: int = Field(32, ge=2)  # Integrated Gradients steps per input (see bigdeep.explain)
+
+
 class TrainSettings(Strict):
     trainer: Trainer = Trainer()
     cnn: CNNParams = CNNParams()
     rnn: RNNParams = RNNParams()
+    explain: ExplainParams = ExplainParams()
 
 
 class MlflowSettings(Strict):

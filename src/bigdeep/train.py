@@ -7,7 +7,8 @@ The shell opens (or resumes) the MLflow run, has the core fit and test the job
 (`training.core.fit_and_test`), then publishes through one explicit `MlflowClient` and run id:
 test metrics, evaluation files, the model (`pt2`, with signature and input example), the
 registry decision (under its identity's name: champion, challenger or, under the sanity
-floor, no alias), the quality report and the DVC outputs. The run has to be open before
+floor, no alias), the explanations (`bigdeep.explain`: attributions of a test sample, after
+the model is safe; a failure there only warns), the quality report and the DVC outputs. The run has to be open before
 `fit`, not only for publishing: the per-epoch curves go to it while training runs, and a
 resumed training continues it. This is a separation of concerns, not a reordering.
 
@@ -20,13 +21,15 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
 import torch
 
-from bigdeep import evaluate
+from bigdeep import evaluate, explain
 from bigdeep.config import Settings, default_identity
 from bigdeep.errors import BigdeepError
 from bigdeep.registry import (
@@ -173,11 +176,45 @@ def publish(
     evaluate.plot_history(
         fitted.history, paths.plots / "learning_curve.png", f"{job.name}: learning curve"
     )
+    # after the model is saved and registered, so a failure there cannot lose it
+    explain_model(client, run_id, job, paths.plots / "explain", settings.train.explain.enabled)
     client.log_artifacts(run_id, str(paths.plots), artifact_path="plots")
     if paths.report is not None and paths.report.exists():
         client.log_artifact(run_id, str(paths.report), artifact_path="quality")
     _write_outputs(paths, run_id, fitted.metrics, model_uri, version.raw_md5, decision)
     return decision
+
+
+def explain_model(client, run_id: str, job: Job, folder: Path, enabled: bool) -> None:
+    """Attributions of the tested model into `folder` (logged with the plots), figures and the
+    time they took as metrics, tag `bigdeep.explain` ok | off | failed.
+
+    Explaining is an extra: an error here is a warning paragraph and a README.txt in `folder`,
+    and the stage goes on (the model is already saved and registered).
+    """
+    if not enabled or job.explain is None:
+        explain.reset_folder(folder, explain.OFF_NOTE)
+        client.set_tag(run_id, "bigdeep.explain", "off")
+        return
+    explain.reset_folder(folder)
+    start = time.perf_counter()
+    try:
+        _, figures = job.explain(folder)
+    except Exception as e:  # noqa: BLE001 - any failure: the trained model must not be lost
+        reason = f"{type(e).__name__}: {e}"
+        message = (
+            f"bigdeep: explaining the {job.name} model failed ({reason}). The model was "
+            f"trained, tested, saved and registered as usual; {folder} holds only a README.txt "
+            "saying so. Re-run the stage to try again, or set train.explain.enabled: false in "
+            "params.yaml to skip explanations."
+        )
+        explain.reset_folder(folder, message + "\n")
+        print(message, file=sys.stderr, flush=True)
+        client.set_tag(run_id, "bigdeep.explain", f"failed: {reason}"[:5000])
+        return
+    seconds = time.perf_counter() - start
+    log_metrics(client, run_id, {**figures, "explain_seconds": seconds}, step=0)
+    client.set_tag(run_id, "bigdeep.explain", "ok")
 
 
 def _register(

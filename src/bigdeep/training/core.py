@@ -41,6 +41,9 @@ class Job:
     margin: float  # by how much a new model must beat the champion
     score: Callable[[np.ndarray, np.ndarray], float]  # (model output, truth) -> `metric`
     floor: Callable[[dict[str, float]], Floor]  # test metrics -> the sanity floor to clear
+    # folder -> (attributions of a test sample, figures), files written there (bigdeep.explain);
+    # None: this job has no explanations
+    explain: Callable[[Path], tuple[Any, dict[str, float]]] | None = None
 
 
 @dataclass(frozen=True)

@@ -5,12 +5,14 @@ A new model is a new builder here returning a `Job`; `bigdeep.train` runs any jo
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from torch import nn
 
-from bigdeep import evaluate
+from bigdeep import evaluate, explain
 from bigdeep.config import Settings
 from bigdeep.registry import Floor
 from bigdeep.training.core import Arrays, Job
@@ -26,6 +28,12 @@ def _loader_args(settings: Settings, batch_size: int, seed: int | None) -> dict[
         "pin_memory": pin_memory_for(tcfg),
         "seed": settings.seed if seed is None else seed,
     }
+
+
+def cpu_copy(net: nn.Module) -> nn.Module:
+    """A frozen copy of `net` on the CPU in eval mode: attributions never touch the model."""
+    net = copy.deepcopy(net).cpu().eval()
+    return net.requires_grad_(False)  # IG needs gradients of the inputs only
 
 
 def accuracy(probs: np.ndarray, y: np.ndarray) -> float:
@@ -68,6 +76,18 @@ def build_image_job(settings: Settings, data_dir: Path, seed: int | None = None)
         y_true, y_pred = evaluate.predict_classes(model, dm.eval_dataloader("test"))
         return {"true": y_true, "pred": y_pred}  # (N,) class indices each
 
+    def explain_(folder: Path) -> tuple[explain.ImageExplanation, dict[str, float]]:
+        x = settings.train.explain
+        e = explain.explain_images(
+            cpu_copy(model.net),  # logits: attributions add up to the class score's change
+            dm.eval_dataloader("test"),
+            per_class=x.per_class,
+            wrong=x.wrong,
+            steps=x.steps,
+            seed=settings.seed if seed is None else seed,
+        )
+        return e, explain.write_image_explanation(e, classes, folder)
+
     return Job(
         name="cnn",
         dataset="images",
@@ -91,6 +111,7 @@ def build_image_job(settings: Settings, data_dir: Path, seed: int | None = None)
         margin=reg.cnn_margin,
         score=accuracy,
         floor=lambda m: Floor.majority_class(m["test_majority_rate"], reg.cnn_floor_margin),
+        explain=explain_,
     )
 
 
@@ -129,6 +150,18 @@ def build_series_job(settings: Settings, data_dir: Path, seed: int | None = None
         true, pred = unscale(arrays["true"][:, 0]), unscale(arrays["model"][:, 0])
         evaluate.write_forecast_report(frame.timestamps, true, pred, folder, dm.target)
 
+    def explain_(folder: Path) -> tuple[explain.WindowExplanation, dict[str, float]]:
+        x = settings.train.explain
+        e = explain.explain_windows(
+            cpu_copy(model.net),
+            dm.eval_dataloader("test"),
+            dm.input_columns,
+            windows=x.windows,
+            steps=x.steps,
+            seed=settings.seed if seed is None else seed,
+        )
+        return e, explain.write_window_explanation(e, folder, dm.freq)
+
     return Job(
         name="rnn",
         dataset="series",
@@ -152,4 +185,5 @@ def build_series_job(settings: Settings, data_dir: Path, seed: int | None = None
         # in the target's units: (N, horizon) scaled model output and truth
         score=lambda pred, y: float(np.mean(np.abs(unscale(pred) - unscale(y)))),
         floor=lambda m: Floor.naive_forecast(m["test_naive_mae"], reg.rnn_floor_ratio),
+        explain=explain_,
     )
