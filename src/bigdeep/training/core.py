@@ -41,6 +41,8 @@ class Job:
     margin: float  # by how much a new model must beat the champion
     score: Callable[[np.ndarray, np.ndarray], float]  # (model output, truth) -> `metric`
     floor: Callable[[dict[str, float]], Floor]  # test metrics -> the sanity floor to clear
+    # training.privacy.DifferentialPrivacy (a callback) when train.privacy is on
+    privacy: Any = None
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,8 @@ def fit_and_test(
         "trained_epochs": float(trainer.current_epoch),
         "trained_steps": float(trainer.global_step),
     }
+    if job.privacy is not None:
+        metrics["dp_epsilon"] = job.privacy.epsilon  # spent by every step, resumed ones too
     history = next((lg.rows for lg in trainer.loggers if isinstance(lg, EpochHistory)), [])
     return Fitted(job.model, history, predictions, metrics)
 

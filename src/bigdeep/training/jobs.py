@@ -15,6 +15,7 @@ from bigdeep.config import Settings
 from bigdeep.registry import Floor
 from bigdeep.training.core import Arrays, Job
 from bigdeep.training.plumbing import pin_memory_for
+from bigdeep.training.privacy import private
 
 
 def _loader_args(settings: Settings, batch_size: int, seed: int | None) -> dict[str, Any]:
@@ -68,7 +69,7 @@ def build_image_job(settings: Settings, data_dir: Path, seed: int | None = None)
         y_true, y_pred = evaluate.predict_classes(model, dm.eval_dataloader("test"))
         return {"true": y_true, "pred": y_pred}  # (N,) class indices each
 
-    return Job(
+    job = Job(
         name="cnn",
         dataset="images",
         datamodule=dm,
@@ -92,6 +93,7 @@ def build_image_job(settings: Settings, data_dir: Path, seed: int | None = None)
         score=accuracy,
         floor=lambda m: Floor.majority_class(m["test_majority_rate"], reg.cnn_floor_margin),
     )
+    return private(job, settings)  # the same job unless train.privacy is on
 
 
 def build_series_job(settings: Settings, data_dir: Path, seed: int | None = None) -> Job:
@@ -119,7 +121,8 @@ def build_series_job(settings: Settings, data_dir: Path, seed: int | None = None
         lr=cfg.lr,
         schedule=cfg.schedule,
         weight_decay=cfg.weight_decay,
-        grad_clip=cfg.grad_clip,
+        # under DP each sample's gradient is clipped (train.privacy.max_grad_norm) instead
+        grad_clip=0.0 if settings.train.privacy.enabled else cfg.grad_clip,
     )
     unscale = dm.inverse_target
 
@@ -129,7 +132,7 @@ def build_series_job(settings: Settings, data_dir: Path, seed: int | None = None
         true, pred = unscale(arrays["true"][:, 0]), unscale(arrays["model"][:, 0])
         evaluate.write_forecast_report(frame.timestamps, true, pred, folder, dm.target)
 
-    return Job(
+    job = Job(
         name="rnn",
         dataset="series",
         datamodule=dm,
@@ -153,3 +156,4 @@ def build_series_job(settings: Settings, data_dir: Path, seed: int | None = None
         score=lambda pred, y: float(np.mean(np.abs(unscale(pred) - unscale(y)))),
         floor=lambda m: Floor.naive_forecast(m["test_naive_mae"], reg.rnn_floor_ratio),
     )
+    return private(job, settings)  # the same job unless train.privacy is on
