@@ -13,6 +13,7 @@ from pathlib import Path
 
 from bigdeep.config import MODELS, stage_files
 from bigdeep.errors import BigdeepError, printable
+from bigdeep.training import privacy_record
 
 
 @dataclass
@@ -108,6 +109,7 @@ def _model_lines(s: DatasetSummary, store: str) -> list[str]:
     lines = [
         f"- model {s.model}, {when}: {shown or 'no metrics'}",
         f"- MLflow: {_run_link(store, run_id)}",
+        f"- privacy: {privacy_record.text(s.run.get('privacy'))}",  # train.privacy; run.json
     ]
     reg = s.run.get("registry") or {}
     if reg and trained:

@@ -373,11 +373,23 @@ class ExplainParams(Strict):
     steps: int = Field(32, ge=2)  # Integrated Gradients steps per input (see bigdeep.explain)
 
 
+class Privacy(Strict):
+    """Differentially private training (Opacus) of the CNN and the RNN; bigdeep.training.privacy."""
+
+    enabled: bool = False
+    epsilon: float = Field(3.0, gt=0)  # target privacy budget over the configured epochs
+    # null: 1 / (10 x train samples); at training time it must be < 1 / train samples
+    delta: float | None = Field(None, gt=0, lt=1)
+    max_grad_norm: float = Field(1.0, gt=0)  # per-sample gradient clipping norm
+
+
 class TrainSettings(Strict):
     trainer: Trainer = Trainer()
     cnn: CNNParams = CNNParams()
     rnn: RNNParams = RNNParams()
     explain: ExplainParams = ExplainParams()
+
+    privacy: Privacy = Privacy()
 
 
 class MlflowSettings(Strict):

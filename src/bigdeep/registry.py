@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bigdeep.training import privacy_record
+
 CHAMPION, CHALLENGER = "champion", "challenger"
 IDENTITY_TAG = "bigdeep.data.identity"  # on the run and its model versions; `lineage` shows it
 
@@ -348,6 +350,7 @@ def lineage(client, ref: str) -> dict:
         "dvc_experiment": tags.get("bigdeep.dvc_experiment"),
         "quality_report": [a.path for a in client.list_artifacts(run.info.run_id, "quality")],
         "metrics": {k: v for k, v in run.data.metrics.items() if k.startswith("test_")},
+        "privacy": privacy_record.text(privacy_record.from_tags(tags)),  # e.g. ε=2.97 (...) | off
     }
 
 

@@ -18,6 +18,8 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+from bigdeep.training import privacy_record  # standard library only, like this module
+
 # Alembic revisions of MLflow's SQL schema whose tables this reader was checked against
 # (the head of the pinned mlflow 3.17). Another revision: MlflowClient answers instead.
 KNOWN_SCHEMAS = frozenset({"dc11669786a5"})
@@ -127,6 +129,7 @@ def _lineage(db: sqlite3.Connection, name: str, which: str) -> dict | None:
         "dvc_experiment": tags.get("bigdeep.dvc_experiment"),
         "quality_report": quality,
         "metrics": {k: v for k, v in metrics.items() if k.startswith("test_")},
+        "privacy": privacy_record.text(privacy_record.from_tags(tags)),
     }
 
 

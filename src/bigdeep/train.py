@@ -52,6 +52,7 @@ from bigdeep.tracking import (
     start_run,
     tracking_uri,
 )
+from bigdeep.training import privacy_record
 from bigdeep.training.core import Fitted, Job, exported, fit_and_test, test_split_arrays
 from bigdeep.training.jobs import build_image_job, build_series_job
 from bigdeep.training.plumbing import (
@@ -140,7 +141,12 @@ def run_job(
             uri=tracking_uri(settings.mlflow),
         )
         trainer = make_trainer(
-            settings.train.trainer, job.epochs, job.patience, history, paths.checkpoints
+            settings.train.trainer,
+            job.epochs,
+            job.patience,
+            history,
+            paths.checkpoints,
+            extra=(job.privacy,) if job.privacy else (),  # train.privacy: Opacus, its accountant
         )
         ckpt = str(paths.checkpoints / "last.ckpt") if previous else None
 
@@ -168,6 +174,10 @@ def publish(
     paths.plots.mkdir(parents=True, exist_ok=True)
     job.write_report(fitted.predictions, paths.plots)
     log_metrics(client, run_id, fitted.metrics, step=0)
+    privacy = job.privacy.record() if job.privacy else None  # epsilon spent, target, delta
+    if privacy:  # before registering: the model version takes the run's tags
+        for key, value in privacy_record.tags(privacy).items():
+            client.set_tag(run_id, key, value)
     paths.out.mkdir(parents=True, exist_ok=True)
     torch.save(job.model.state_dict(), paths.out / "model.pt")
     model_uri, model_id = log_model(client, run_id, *exported(job))
@@ -181,7 +191,7 @@ def publish(
     client.log_artifacts(run_id, str(paths.plots), artifact_path="plots")
     if paths.report is not None and paths.report.exists():
         client.log_artifact(run_id, str(paths.report), artifact_path="quality")
-    _write_outputs(paths, run_id, fitted.metrics, model_uri, version.raw_md5, decision)
+    _write_outputs(paths, run_id, fitted.metrics, model_uri, version.raw_md5, decision, privacy)
     return decision
 
 
@@ -322,7 +332,13 @@ def _history_so_far(client, run_id: str, keys: tuple[str, ...]) -> list[dict[str
 
 
 def _write_outputs(
-    paths: Paths, run_id, metrics, model_uri, data_version_: str, decision: Decision
+    paths: Paths,
+    run_id,
+    metrics,
+    model_uri,
+    data_version_: str,
+    decision: Decision,
+    privacy: dict | None = None,
 ) -> None:
     paths.metrics.parent.mkdir(parents=True, exist_ok=True)
     # the DVC metric holds numbers only; where they came from sits beside the model
@@ -332,6 +348,7 @@ def _write_outputs(
         "model_uri": model_uri,
         "data_version": data_version_,
         "registry": asdict(decision),
+        "privacy": privacy,  # train.privacy: epsilon spent, target, delta; null: trained without DP
     }
     (paths.out / "run.json").write_text(json.dumps(run_info, indent=2, sort_keys=True) + "\n")
 

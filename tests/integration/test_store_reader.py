@@ -13,6 +13,7 @@ from mlflow.tracking import MlflowClient
 
 from bigdeep.registry import lineage
 from bigdeep.store_reader import read_lineage
+from bigdeep.training import privacy_record
 
 pytestmark = pytest.mark.slow  # a real MLflow store: its creation takes seconds
 
@@ -55,7 +56,8 @@ def store(tmp_path_factory) -> str:
         "bigdeep.prefect_flow_run_id": "f-1",
     }
     first = _run(client, exp, tmp_path, tags, ["series.json", "images.json"])
-    second = _run(client, exp, tmp_path, {"bigdeep.git.dirty": "true"}, [])
+    dp = privacy_record.tags({"epsilon": 2.9713, "target_epsilon": 3.0, "delta": 2.5e-5})
+    second = _run(client, exp, tmp_path, {"bigdeep.git.dirty": "true", **dp}, [])
     client.create_registered_model(NAME)
     for run_id in (first, second, second):
         client.create_model_version(NAME, (tmp_path / "artifacts").as_uri(), run_id)
@@ -85,6 +87,9 @@ def test_the_answer_holds_the_runs_values(store):
     assert info["metrics"]["test_acc"] == 0.75 and "val_loss" not in info["metrics"]
     assert info["git_dirty"] is False and info["data"]["identity"] == "mnist"
     assert read_lineage(store, f"{NAME}@2")["quality_report"] == []
+    # the privacy line, the same through both readers (test_same_answer_as_mlflow_client)
+    assert info["privacy"] == "off"
+    assert read_lineage(store, f"{NAME}@2")["privacy"] == "ε=2.97 (target 3.0, δ=2.5e-5)"
 
 
 @pytest.mark.parametrize(

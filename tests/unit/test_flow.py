@@ -105,6 +105,9 @@ def test_summary_headline_per_model_and_table_of_every_metric(tmp_path):
         == "- model rnn, trained now: test_mae 57.5, test_mae_vs_naive 0.336, test_rmse 74.46"
     )
     assert "- registry: bigdeep-rnn v3 is champion (better)" in text  # decided by this run
+    assert "- privacy: off" in text  # no privacy record in run.json
+    s.run["privacy"] = {"epsilon": 0.99712, "target_epsilon": 1.0, "delta": 1e-5}
+    assert "- privacy: ε=0.997 (target 1.0, δ=1e-5)" in summarize.fn(str(tmp_path), [s])
     rows = [line for line in text.splitlines() if line.startswith("| ")]
     assert rows[0] == "| rnn metric | value |" and len(rows) == 1 + len(metrics)
     assert "| test_naive_mae | 171.1 |" in rows

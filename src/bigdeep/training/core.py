@@ -45,6 +45,9 @@ class Job:
     # None: this job has no explanations
     explain: Callable[[Path], tuple[Any, dict[str, float]]] | None = None
 
+    # training.privacy.DifferentialPrivacy (a callback) when train.privacy is on
+    privacy: Any = None
+
 
 @dataclass(frozen=True)
 class Fitted:
@@ -76,6 +79,8 @@ def fit_and_test(
         "trained_epochs": float(trainer.current_epoch),
         "trained_steps": float(trainer.global_step),
     }
+    if job.privacy is not None:
+        metrics["dp_epsilon"] = job.privacy.epsilon  # spent by every step, resumed ones too
     history = next((lg.rows for lg in trainer.loggers if isinstance(lg, EpochHistory)), [])
     return Fitted(job.model, history, predictions, metrics)
 

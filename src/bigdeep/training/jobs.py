@@ -17,6 +17,7 @@ from bigdeep.config import Settings
 from bigdeep.registry import Floor
 from bigdeep.training.core import Arrays, Job
 from bigdeep.training.plumbing import pin_memory_for
+from bigdeep.training.privacy import private
 
 
 def _loader_args(settings: Settings, batch_size: int, seed: int | None) -> dict[str, Any]:
@@ -88,7 +89,7 @@ def build_image_job(settings: Settings, data_dir: Path, seed: int | None = None)
         )
         return e, explain.write_image_explanation(e, classes, folder)
 
-    return Job(
+    job = Job(
         name="cnn",
         dataset="images",
         datamodule=dm,
@@ -113,6 +114,7 @@ def build_image_job(settings: Settings, data_dir: Path, seed: int | None = None)
         floor=lambda m: Floor.majority_class(m["test_majority_rate"], reg.cnn_floor_margin),
         explain=explain_,
     )
+    return private(job, settings)  # the same job unless train.privacy is on
 
 
 def build_series_job(settings: Settings, data_dir: Path, seed: int | None = None) -> Job:
@@ -140,7 +142,8 @@ def build_series_job(settings: Settings, data_dir: Path, seed: int | None = None
         lr=cfg.lr,
         schedule=cfg.schedule,
         weight_decay=cfg.weight_decay,
-        grad_clip=cfg.grad_clip,
+        # under DP each sample's gradient is clipped (train.privacy.max_grad_norm) instead
+        grad_clip=0.0 if settings.train.privacy.enabled else cfg.grad_clip,
     )
     unscale = dm.inverse_target
 
@@ -162,7 +165,7 @@ def build_series_job(settings: Settings, data_dir: Path, seed: int | None = None
         )
         return e, explain.write_window_explanation(e, folder, dm.freq)
 
-    return Job(
+    job = Job(
         name="rnn",
         dataset="series",
         datamodule=dm,
@@ -187,3 +190,4 @@ def build_series_job(settings: Settings, data_dir: Path, seed: int | None = None
         floor=lambda m: Floor.naive_forecast(m["test_naive_mae"], reg.rnn_floor_ratio),
         explain=explain_,
     )
+    return private(job, settings)  # the same job unless train.privacy is on

@@ -260,9 +260,15 @@ def pin_memory_for(cfg: Trainer) -> bool:
 
 
 def make_trainer(
-    cfg: Trainer, epochs: int, patience: int, history: EpochHistory | None, checkpoints: Path
+    cfg: Trainer,
+    epochs: int,
+    patience: int,
+    history: EpochHistory | None,
+    checkpoints: Path,
+    extra: tuple[pl.Callback, ...] = (),
 ) -> pl.Trainer:
-    """`history` None: no logger (the extra processes of a DDP run)."""
+    """`history` None: no logger (the extra processes of a DDP run); `extra`: more callbacks
+    (the job's differential privacy)."""
     return pl.Trainer(
         max_epochs=epochs,
         accelerator=cfg.accelerator,
@@ -282,6 +288,7 @@ def make_trainer(
                 save_top_k=1,
             ),
             EarlyStopping(monitor="val_loss", patience=patience),
+            *extra,
         ],
         enable_progress_bar=False,
         enable_model_summary=False,
