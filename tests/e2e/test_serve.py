@@ -166,7 +166,7 @@ def test_served_cnn_reads_digits_refuses_a_wrong_shape_and_stops_clean(project):
     x = np.load(project.images / "test_x.npy")[:50]  # uint8 (N, 28, 28)
     y = np.load(project.images / "test_y.npy")[:50]
     digits = (x[:, None] / 255.0).astype(np.float32)  # (N, 1, 28, 28) in [0, 1]
-    local = np.asarray(mlflow.pyfunc.load_model(f"models:/bigdeep-cnn/1").predict(digits))
+    local = np.asarray(mlflow.pyfunc.load_model("models:/bigdeep-cnn/1").predict(digits))
 
     with serving(project, "bigdeep-cnn@champion") as (url, server_pid, log):
         assert "serving bigdeep-cnn v1" in log.read_text()
