@@ -230,7 +230,9 @@ def predict(project: Project, ref: str, source: Path, output: Path):
     env = {
         k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL")
     }
-    env["PREFECT_HOME"] = str(output.parent / "prefect_home")  # its temporary server's database
+    home = project.root / "prefect_home"  # its temporary server's database
+    home.mkdir(exist_ok=True)
+    env["PREFECT_HOME"] = str(home)
     return subprocess.run(
         cli("--params", str(project.params), "predict", ref, "--input", str(source),
             "--output", str(output)),
