@@ -11,6 +11,8 @@
     bigdeep schedule --cron "0 3 * * *"
     bigdeep lineage bigdeep-cnn@champion ; bigdeep restore bigdeep-cnn@champion
     bigdeep quality history series         # each validated version's figures (MLflow)
+    bigdeep serve bigdeep-cnn@champion --port 5001
+    bigdeep predict bigdeep-cnn@champion --input photos/ --output predictions.csv
 
 Paths come from dvc.yaml (the stage's cmd); parameters from params.yaml. Exit status:
 0 done, 1 failed, 2 bad config or usage, 3 the quality gate failed. An error bigdeep detects
@@ -441,6 +443,48 @@ def cmd_restore(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from bigdeep.serve import serve
+    from bigdeep.tracking import absolute_store, tracking_uri
+
+    _use_servers(Path(".bigdeep/servers"))
+    settings = _settings(args)
+    _print_store(settings)
+    return serve(args.ref, absolute_store(tracking_uri(settings.mlflow)), args.port, args.timeout)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from bigdeep import orchestration
+    from bigdeep.tracking import absolute_store, tracking_uri
+
+    _use_servers(Path(".bigdeep/servers"))
+    settings = _settings(args)
+    _print_store(settings)
+    print(orchestration.connect(os.environ.get("PREFECT_API_URL")), flush=True)
+    from flows.predict import predict_flow
+
+    orchestration.quiet_outage_tracebacks()
+    if not args.debug:  # the refusal prints as one paragraph; Prefect's log lines stay
+        for handler in [*logging.getLogger().handlers, *logging.getLogger("prefect").handlers]:
+            _without_traceback(handler)
+    try:
+        result = predict_flow(
+            ref=args.ref,
+            input_path=args.input,
+            output=args.output,
+            params=args.params,
+            tracking=absolute_store(tracking_uri(settings.mlflow)),
+        )
+    except Exception as e:
+        if failure := orchestration.startup_failure(e):
+            raise failure from None
+        raise
+    finally:
+        orchestration.release_temporary_server()  # its last logs delivered, then stopped
+    print(result.summary)
+    return 0
+
+
 def cmd_schedule(args: argparse.Namespace) -> int:
     _use_servers(Path(args.project) / ".bigdeep" / "servers")
     if not os.environ.get("PREFECT_API_URL"):
@@ -635,6 +679,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--md5", help="the raw data's DVC md5 (default: data/raw/<dataset>'s in dvc.lock)"
     )
     r.set_defaults(func=cmd_quality)
+
+    s = sub.add_parser("serve", help="serve a registered model with MLflow's scoring server")
+    s.add_argument("ref", help="<model>@<alias|version>, e.g. bigdeep-cnn@champion")
+    s.add_argument("--port", type=int, default=5001, help="port on 127.0.0.1 (default 5001)")
+    s.add_argument(
+        "--timeout",
+        type=float,
+        default=180.0,
+        help="seconds the server may take to answer /ping after it starts (default 180)",
+    )
+    s.set_defaults(func=cmd_serve)
+
+    s = sub.add_parser("predict", help="score a batch that passes the quality gate (Prefect flow)")
+    s.add_argument("ref", help="<model>@<alias|version>, e.g. bigdeep-cnn@champion")
+    s.add_argument(
+        "--input", required=True, help="images: a folder or one image; series: CSV/Parquet/JSONL"
+    )
+    s.add_argument("--output", required=True, help="predictions CSV (+ <output>.json beside it)")
+    s.set_defaults(func=cmd_predict)
 
     s = sub.add_parser("ui", help="start the MLflow UI")
     s.add_argument("--host", default="127.0.0.1")

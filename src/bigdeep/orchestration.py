@@ -228,6 +228,21 @@ def _temporary_servers() -> list:
     return list(module.SubprocessASGIServer._instances.values()) if module else []
 
 
+def release_temporary_server() -> None:
+    """Deliver what Prefect still holds (logs, events), then stop this process's temporary
+    server: a command that ran a flow in-process and goes on (`bigdeep predict`)."""
+    if "prefect" not in sys.modules:
+        return
+    if _temporary_servers() and api_reachable():
+        from prefect.events.worker import EventsWorker
+        from prefect.logging.handlers import APILogWorker
+
+        for worker in (APILogWorker, EventsWorker):
+            best_effort("the last logs and events", worker.drain_all, timeout=DRAIN_TIMEOUT_S)
+    for server in _temporary_servers():
+        server.stop()  # never left behind
+
+
 def finish(code: int) -> NoReturn:
     """End `bigdeep run` with `code` as soon as what Prefect still holds is delivered.
 

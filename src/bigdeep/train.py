@@ -53,7 +53,7 @@ from bigdeep.tracking import (
     tracking_uri,
 )
 from bigdeep.training import privacy_record
-from bigdeep.training.core import Fitted, Job, exported, fit_and_test, test_split_arrays
+from bigdeep.training.core import Fitted, Job, exported, fit_and_test, served_test_split
 from bigdeep.training.jobs import build_image_job, build_series_job
 from bigdeep.training.plumbing import (
     SPOOL,
@@ -242,7 +242,7 @@ def _register(
     name = registered_name(
         settings.registry.prefix, job.name, identity, default_identity(job.dataset)
     )
-    score = Scorer(*test_split_arrays(job.datamodule), job.score)
+    score = Scorer(*served_test_split(job), job.score)  # both on the same inputs
     candidate_score = score(model_uri)
     champion = current_champion(client, name, score)
     tags = client.get_run(run_id).data.tags

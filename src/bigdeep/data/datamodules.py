@@ -257,6 +257,20 @@ class SeriesDataModule(SplitDataModule):
         """The names of the F input columns, in order (after setup())."""
         return [self.target, *self.features, *self.calendar_columns]
 
+    @property
+    def input_scaler(self) -> tuple[list[float], list[float]]:
+        """(mean, std) of each input column, in `input_columns` order (after setup()): the
+        train statistics the values were scaled with; calendar columns are left as they are
+        (mean 0, std 1). raw = scaled * std + mean."""
+        values = [self.scaler[c] for c in [self.target, *self.features]]
+        plain = [0.0] * len(self.calendar_columns)
+        return [v["mean"] for v in values] + plain, [v["std"] for v in values] + [1.0] * len(plain)
+
+    def unscale_inputs(self, x: np.ndarray) -> np.ndarray:
+        """Scaled windows (N, T, F) -> the same windows in the source's units, float32."""
+        mean, std = (np.asarray(v, dtype=np.float64) for v in self.input_scaler)
+        return (np.asarray(x, dtype=np.float64) * std + mean).astype(np.float32)
+
     def setup(self, stage: str | None = None) -> None:
         if self.rows:
             return

@@ -4,6 +4,8 @@
 
 Inputs and targets are standardised with train statistics (see `SeriesDataModule`), so the
 loss (MSE) and MAE are on scaled values; un-scale with `SeriesDataModule.inverse_target`.
+The exported model (`export_module`) carries those statistics (`SourceUnits`): it takes a
+window in the source's units and answers in the target's, so whoever serves it needs no scaler.
 
 The seed architecture is unchanged; its error comes down through training choices (OneCycle
 learning rate, gradient-norm clipping) and calendar inputs from the data module (hour of day,
@@ -13,6 +15,7 @@ day of week). Figures: tests/benchmarks/README.md.
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -48,9 +51,42 @@ class SeriesNet(nn.Module):
         return self.head(out[:, -1])  # (B, horizon)
 
 
+class SourceUnits(nn.Module):
+    """The network between the source's units: (B, T, F) raw window -> (B, horizon) forecast.
+
+    Each input column is standardised with its train mean and std (buffers, exported with the
+    weights: the calendar columns, already in [-1, 1], have mean 0 and std 1), and the output
+    is mapped back to the target's units.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        mean: Sequence[float],
+        std: Sequence[float],
+        target_mean: float,
+        target_std: float,
+    ) -> None:
+        super().__init__()
+        if len(mean) != len(std) or not all(v > 0 for v in std) or not target_std > 0:
+            raise ValueError(f"scaler: one mean and one std > 0 per column, got {mean}, {std}")
+        self.net = net
+        self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32))  # (F,)
+        self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32))  # (F,)
+        self.register_buffer("target_mean", torch.tensor(float(target_mean)))
+        self.register_buffer("target_std", torch.tensor(float(target_std)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scaled = (x - self.mean) / self.std  # (B, T, F)
+        return self.net(scaled) * self.target_std + self.target_mean  # (B, horizon)
+
+
 class SeriesForecaster(StagedModule):
     """`lr` is the peak learning rate under "onecycle"; `grad_clip` the largest total gradient
-    norm per step (0: none), which keeps the LSTM stable at OneCycle's peak learning rate."""
+    norm per step (0: none), which keeps the LSTM stable at OneCycle's peak learning rate.
+    `input_mean` / `input_std` (one per input column) and `target_mean` / `target_std`: the
+    train statistics the data module scaled with; the exported model un-does them (None: it
+    takes and gives scaled values)."""
 
     def __init__(
         self,
@@ -64,6 +100,10 @@ class SeriesForecaster(StagedModule):
         schedule: str = "onecycle",
         weight_decay: float = 0.0,
         grad_clip: float = 1.0,
+        input_mean: Sequence[float] | None = None,
+        input_std: Sequence[float] | None = None,
+        target_mean: float = 0.0,
+        target_std: float = 1.0,
     ) -> None:
         super().__init__()
         check_schedule(schedule)
@@ -99,5 +139,10 @@ class SeriesForecaster(StagedModule):
         self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def export_module(self) -> nn.Module:
-        """A plain copy of the network, on CPU, in eval mode: (B, T, F) -> (B, horizon)."""
-        return copy.deepcopy(self.net).cpu().eval()
+        """A plain copy of the network, on CPU, in eval mode: (B, T, F) -> (B, horizon), in
+        the source's units when the model knows the scaler (`SourceUnits`), else scaled."""
+        net = copy.deepcopy(self.net).cpu()
+        h = self.hparams
+        if h.input_mean is None:
+            return net.eval()
+        return SourceUnits(net, h.input_mean, h.input_std, h.target_mean, h.target_std).eval()

@@ -48,6 +48,9 @@ class Job:
     # training.privacy.DifferentialPrivacy (a callback) when train.privacy is on
     privacy: Any = None
 
+    # test-split inputs (as the data module gives them) -> what the exported model takes
+    served_inputs: Callable[[np.ndarray], np.ndarray] = lambda x: x
+
 
 @dataclass(frozen=True)
 class Fitted:
@@ -92,6 +95,13 @@ def test_split_arrays(dm) -> tuple[np.ndarray, np.ndarray]:
 
 
 def exported(job: Job) -> tuple[Any, np.ndarray]:
-    """The plain network to serve and an input example of two test samples."""
+    """The plain network to serve and an input example of two test samples, as it takes them."""
     x, _ = next(iter(job.datamodule.eval_dataloader("test")))
-    return job.model.export_module(), x[:2].float().numpy()
+    return job.model.export_module(), job.served_inputs(x[:2].float().numpy())
+
+
+def served_test_split(job: Job) -> tuple[np.ndarray, np.ndarray]:
+    """The whole test split as the served model takes it (`served_inputs`), and its targets:
+    what the registry scores a candidate and the champion on, alike."""
+    x, y = test_split_arrays(job.datamodule)
+    return job.served_inputs(x), y

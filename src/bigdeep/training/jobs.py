@@ -144,6 +144,11 @@ def build_series_job(settings: Settings, data_dir: Path, seed: int | None = None
         weight_decay=cfg.weight_decay,
         # under DP each sample's gradient is clipped (train.privacy.max_grad_norm) instead
         grad_clip=0.0 if settings.train.privacy.enabled else cfg.grad_clip,
+        # the exported model takes and gives the source's units (`SourceUnits`)
+        input_mean=dm.input_scaler[0],
+        input_std=dm.input_scaler[1],
+        target_mean=dm.scaler[dm.target]["mean"],
+        target_std=dm.scaler[dm.target]["std"],
     )
     unscale = dm.inverse_target
 
@@ -174,7 +179,9 @@ def build_series_job(settings: Settings, data_dir: Path, seed: int | None = None
         patience=cfg.patience,
         params={
             **{f"rnn.{k}": v for k, v in cfg.model_dump().items()},
-            "rnn.input_columns": ",".join(dm.input_columns),  # what a served model expects
+            # what a served model expects: (B, window, F) in the source's units, these columns
+            "rnn.input_columns": ",".join(dm.input_columns),
+            "rnn.input_units": "source",
         },
         history_keys=("train_loss", "train_mae", "val_loss", "val_mae"),
         predict=lambda: evaluate.predict_series(
@@ -185,9 +192,10 @@ def build_series_job(settings: Settings, data_dir: Path, seed: int | None = None
         metric="test_mae",
         higher_is_better=False,
         margin=reg.rnn_margin,
-        # in the target's units: (N, horizon) scaled model output and truth
-        score=lambda pred, y: float(np.mean(np.abs(unscale(pred) - unscale(y)))),
+        # in the target's units: (N, horizon) served output (target units) and scaled truth
+        score=lambda pred, y: float(np.mean(np.abs(pred - unscale(y)))),
         floor=lambda m: Floor.naive_forecast(m["test_naive_mae"], reg.rnn_floor_ratio),
         explain=explain_,
+        served_inputs=dm.unscale_inputs,  # the served model takes windows in source units
     )
     return private(job, settings)  # the same job unless train.privacy is on
