@@ -125,7 +125,7 @@ def test_cnn_with_dp_logs_the_epsilon_and_serves_the_plain_network(images, tmp_p
 
 
 def test_rnn_with_dp_swaps_the_lstm_and_exports_a_plain_one(series, tmp_path, mlflow_uri):
-    from bigdeep.models.rnn import SeriesNet
+    from bigdeep.models.rnn import SeriesNet, SourceUnits
     from bigdeep.training.jobs import build_series_job
 
     s = settings(RNN)
@@ -143,8 +143,11 @@ def test_rnn_with_dp_swaps_the_lstm_and_exports_a_plain_one(series, tmp_path, ml
     state = torch.load(p.out / "model.pt", weights_only=True)
     plain = SeriesNet(n_features, "lstm", 2, 8, 0.0, 1)
     plain.load_state_dict({k.removeprefix("net."): v for k, v in state.items()})
+    # the served model takes and gives the source's units (SourceUnits, the train scaler)
+    h = job.model.hparams
+    served = SourceUnits(plain, h.input_mean, h.input_std, h.target_mean, h.target_std)
     with torch.no_grad():
-        expected = plain.eval()(torch.from_numpy(x)).numpy()
+        expected = served.eval()(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(served_output(uri, x), expected, rtol=1e-4, atol=1e-5)
 
 
