@@ -157,18 +157,21 @@ def cmd_quality(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
+    from bigdeep.compute import open_executor
     from bigdeep.prepare import prepare_images, prepare_series
 
     s = _settings(args)
     if args.dataset == "images":
-        counts = prepare_images(
-            Path(args.raw),
-            Path(args.quarantine),
-            Path(args.out),
-            s.prepare.images,
-            s.quality.images.classes,
-            s.seed,
-        )
+        with open_executor(s.compute) as executor:  # reads and decodes shards: compute.cluster
+            counts = prepare_images(
+                Path(args.raw),
+                Path(args.quarantine),
+                Path(args.out),
+                s.prepare.images,
+                s.quality.images.classes,
+                s.seed,
+                executor,
+            )
     else:
         counts = prepare_series(
             Path(args.raw), Path(args.quarantine), Path(args.out), s.data.series, s.prepare.series

@@ -407,6 +407,49 @@ class RegistrySettings(Strict):
     rnn_floor_ratio: float = Field(1.0, gt=0)  # test MAE < this x the naive forecast's MAE
 
 
+_LOCAL = re.compile(r"local:(\d+)")
+_ADDRESS = re.compile(r"(tcp|tls|inproc)://\S+")
+
+
+class ComputeSettings(Strict):
+    """Where ingest, validate and prepare run their shards: bigdeep.compute."""
+
+    # null: in this process; N or "local:N": a local Dask cluster of N worker processes;
+    # "tcp://host:8786": a running Dask scheduler
+    cluster: int | str | None = None
+    connect_timeout: float = Field(10.0, gt=0)  # seconds a scheduler address has to answer
+    # more tries of a shard whose task raised (e.g. a flaky shared filesystem); a worker that
+    # dies is Dask's own business: its tasks are rescheduled on the others
+    retries: int = Field(0, ge=0)
+
+    @field_validator("cluster")
+    @classmethod
+    def _known_cluster(cls, v: int | str | None) -> int | str | None:
+        if v is None:
+            return v
+        if isinstance(v, int):
+            if v < 1:
+                raise ValueError(f"{v}: a local cluster needs at least 1 worker")
+            return v
+        if (m := _LOCAL.fullmatch(v)) and int(m.group(1)) >= 1:
+            return v
+        if _ADDRESS.fullmatch(v):
+            return v
+        raise ValueError(
+            f"{v!r}: expected null (in this process), a number of local workers (2 or "
+            "'local:2') or a scheduler address ('tcp://host:8786')"
+        )
+
+    @property
+    def local_workers(self) -> int | None:
+        """Workers of the local cluster to start; None for in-process or an address."""
+        if isinstance(self.cluster, int):
+            return self.cluster
+        if isinstance(self.cluster, str) and (m := _LOCAL.fullmatch(self.cluster)):
+            return int(m.group(1))
+        return None
+
+
 class Settings(Strict):
     seed: int = 42
     data: DataSettings = DataSettings()
@@ -415,6 +458,7 @@ class Settings(Strict):
     train: TrainSettings = TrainSettings()
     mlflow: MlflowSettings = MlflowSettings()
     registry: RegistrySettings = RegistrySettings()
+    compute: ComputeSettings = ComputeSettings()
 
     @model_validator(mode="after")
     def _bounds_name_value_columns(self) -> Settings:

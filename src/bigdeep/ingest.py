@@ -5,7 +5,9 @@
 
 The output is a pure function of the source's content and the params, so an unchanged
 source gives byte-identical shards and DVC skips everything downstream. Both datasets are
-streamed: memory holds one shard (`shard_rows`), whatever the size of the source.
+streamed: memory holds one shard (`shard_rows`), whatever the size of the source. With
+`compute.cluster` set, Dask workers encode and write the shards while this process reads
+the source (bigdeep.compute); the shards are the same bytes.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from bigdeep.compute import open_executor
 from bigdeep.config import Settings
 from bigdeep.data.sources import arrow_safe, iter_image_batches, iter_series, open_series
 from bigdeep.data.store import IMAGE_SCHEMA, write_shards
@@ -36,7 +39,8 @@ def ingest_images(settings: Settings, out_dir: Path, root: Path = Path(".")) -> 
         pa.Table.from_pandas(b, schema=IMAGE_SCHEMA, preserve_index=False)
         for b in iter_image_batches(settings.data.images, root)
     )
-    rows = write_shards(batches, out_dir)
+    with open_executor(settings.compute) as executor:  # writes the shards: compute.cluster
+        rows = write_shards(batches, out_dir, executor)
     return IngestResult("images", rows, out_dir)
 
 
@@ -44,7 +48,8 @@ def ingest_series(settings: Settings, out_dir: Path, root: Path = Path(".")) -> 
     cfg = settings.data.series
     source = open_series(cfg, root)
     shards = (arrow_safe(s) for s in rebatch(iter_series(cfg, root, source), cfg.shard_rows))
-    rows = write_shards(shards, out_dir)
+    with open_executor(settings.compute) as executor:
+        rows = write_shards(shards, out_dir, executor)
     return IngestResult("series", rows, out_dir, source.notes)
 
 

@@ -16,16 +16,19 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
+from bigdeep.compute import Executor, InProcess
 from bigdeep.config import ImagePrepare, SeriesData, SeriesPrepare
 from bigdeep.data.images import to_array
 from bigdeep.data.prepared import SPLITS, split_file
 from bigdeep.data.sources import source_split
-from bigdeep.data.store import iter_shards
+from bigdeep.data.store import iter_shards, shard_paths
 from bigdeep.errors import BigdeepError
 from bigdeep.quality.leakage import leakage_error
 
@@ -100,6 +103,7 @@ def prepare_images(
     cfg: ImagePrepare,
     classes: list[str],
     seed: int,
+    executor: Executor | None = None,
 ) -> dict[str, int | str]:
     """Split the accepted images and write each split's x, y and ids and `classes.json`
     (the format: `bigdeep.data.prepared`).
@@ -109,20 +113,19 @@ def prepare_images(
     Memory holds one raw shard at a time plus about 60 bytes per image (label, sha256, split
     and row), never the decoded dataset: a first pass over the shards reads labels and content
     ids, the splits are drawn, and a second pass decodes each image straight into its row
-    of the split's x on disk (a memory-mapped .npy).
+    of the split's x on disk (a memory-mapped .npy). executor: a Dask cluster
+    (bigdeep.compute) reads and decodes the shards; results are merged here in shard order.
     """
     quarantined = quarantined_records(quarantine_dir)
-    index = {c: i for i, c in enumerate(classes)}
+    ex = executor or InProcess()
+    paths = [p.resolve() for p in shard_paths(raw_dir, empty_ok=False)]
     labels, digests, in_test, unknown, first = [], [], [], set(), None
-    for shard in iter_shards(raw_dir, columns=["record_id", "label", "image"]):
-        shard = _kept(shard, quarantined)
-        if first is None and len(shard):
-            first = to_array(shard["image"].iloc[0], cfg)  # its shape is every image's
-        unknown |= set(shard["label"]) - set(classes)
-        labels.append(shard["label"].map(index).fillna(-1).to_numpy(np.int64))
-        raw = b"".join(hashlib.sha256(b).digest() for b in shard["image"])
-        digests.append(np.frombuffer(raw, np.uint8).reshape(-1, 32))  # not "S32": it drops \0
-        in_test.append(np.array([source_split(r) == "test" for r in shard["record_id"]], bool))
+    for scan in ex.map_ordered(_scan_shard, paths, quarantined, classes, cfg):
+        first = scan.first if first is None else first  # its shape is every image's
+        unknown |= scan.unknown
+        labels.append(scan.labels)
+        digests.append(scan.digests)
+        in_test.append(scan.in_test)
     if unknown:
         raise PrepareError(
             f"{raw_dir}: labels {sorted(unknown)} not in quality.images.classes and not quarantined"
@@ -149,6 +152,70 @@ def prepare_images(
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    try:
+        _write_x(ex, paths, quarantined, cfg, first, tmp, order, split_of, row_of, raw_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # nothing half-written stays behind
+        raise
+    for name, idx in order.items():
+        np.save(split_file(tmp, name, "y"), y[idx], allow_pickle=False)
+        np.save(split_file(tmp, name, "ids"), _hex(digests[idx]), allow_pickle=False)
+    (tmp / "classes.json").write_text(json.dumps(classes) + "\n")
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp.rename(out_dir)
+    if error := leakage_error(out_dir):  # the same image in two splits
+        raise PrepareError(error)
+    return {name: len(idx) for name, idx in splits.items()} | {"test_from": test_from}
+
+
+@dataclass
+class _Scan:
+    """What the first pass needs of one shard's accepted images."""
+
+    labels: np.ndarray  # (n,) int64: position in classes, -1 for an unknown label
+    digests: np.ndarray  # (n, 32) uint8: sha256 of the bytes
+    in_test: np.ndarray  # (n,) bool: in the source's own test set
+    unknown: set[str]  # labels not in classes
+    first: np.ndarray | None  # the first image, converted (its shape is every image's)
+
+
+def _scan_shard(path: Path, quarantined: set[str], classes: list[str], cfg: ImagePrepare) -> _Scan:
+    """Labels and content ids of one shard's accepted images (runs on a worker)."""
+    shard = _kept(
+        pq.read_table(path, columns=["record_id", "label", "image"]).to_pandas(), quarantined
+    )
+    index = {c: i for i, c in enumerate(classes)}
+    raw = b"".join(hashlib.sha256(b).digest() for b in shard["image"])
+    return _Scan(
+        labels=shard["label"].map(index).fillna(-1).to_numpy(np.int64),
+        digests=np.frombuffer(raw, np.uint8).reshape(-1, 32),  # not "S32": it drops \0
+        in_test=np.array([source_split(r) == "test" for r in shard["record_id"]], bool),
+        unknown=set(shard["label"]) - set(classes),
+        first=to_array(shard["image"].iloc[0], cfg) if len(shard) else None,
+    )
+
+
+def _decode_shard(
+    path: Path, quarantined: set[str], cfg: ImagePrepare
+) -> list[tuple[str, np.ndarray]]:
+    """(record_id, pixels) of one shard's accepted images, in order (runs on a worker)."""
+    shard = _kept(pq.read_table(path, columns=["record_id", "image"]).to_pandas(), quarantined)
+    return [(r, to_array(d, cfg)) for r, d in zip(shard["record_id"], shard["image"], strict=True)]
+
+
+def _write_x(
+    ex: Executor,
+    paths: list[Path],
+    quarantined: set[str],
+    cfg: ImagePrepare,
+    first: np.ndarray,
+    tmp: Path,
+    order: dict[str, np.ndarray],
+    split_of: np.ndarray,
+    row_of: np.ndarray,
+    raw_dir: Path,
+) -> None:
+    """Decode every accepted image into its row of its split's x (memory-mapped .npy)."""
     x = [
         np.lib.format.open_memmap(
             split_file(tmp, name, "x"), mode="w+", dtype=np.uint8, shape=(len(idx), *first.shape)
@@ -156,10 +223,8 @@ def prepare_images(
         for name, idx in order.items()
     ]
     i = 0
-    for shard in iter_shards(raw_dir, columns=["record_id", "image"]):
-        kept = _kept(shard, quarantined)
-        for record, data in zip(kept["record_id"], kept["image"], strict=True):
-            pixels = to_array(data, cfg)
+    for decoded in ex.map_ordered(_decode_shard, paths, quarantined, cfg):
+        for record, pixels in decoded:
             if pixels.shape != first.shape:
                 raise PrepareError(
                     f"{raw_dir}: record {record} is {pixels.shape[0]}x{pixels.shape[1]}, the "
@@ -170,15 +235,6 @@ def prepare_images(
     for rows in x:
         rows.flush()
     del x, rows  # unmapped before the folder is swapped in
-    for name, idx in order.items():
-        np.save(split_file(tmp, name, "y"), y[idx], allow_pickle=False)
-        np.save(split_file(tmp, name, "ids"), _hex(digests[idx]), allow_pickle=False)
-    (tmp / "classes.json").write_text(json.dumps(classes) + "\n")
-    shutil.rmtree(out_dir, ignore_errors=True)
-    tmp.rename(out_dir)
-    if error := leakage_error(out_dir):  # the same image in two splits
-        raise PrepareError(error)
-    return {name: len(idx) for name, idx in splits.items()} | {"test_from": test_from}
 
 
 def _hex(digests: np.ndarray) -> np.ndarray:

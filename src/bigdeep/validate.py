@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from bigdeep.compute import open_executor
 from bigdeep.config import Settings, stage_option
 from bigdeep.errors import UsageError
 from bigdeep.quality.docs import write_docs
@@ -75,14 +76,17 @@ def validate(
     path = reference_path(references_dir or default_references(dataset), identity)
     reference = load_reference(path, identity=identity)
     if dataset == "images":
-        result = gate_images(
-            "images",
-            raw_dir,
-            settings.quality.images,
-            reference=reference,
-            conversion=settings.prepare.images,  # photos: only convertible, not yet shaped
-        )
+        with open_executor(settings.compute) as executor:  # decodes the shards: compute.cluster
+            result = gate_images(
+                "images",
+                raw_dir,
+                settings.quality.images,
+                reference=reference,
+                conversion=settings.prepare.images,  # photos: only convertible, not yet shaped
+                executor=executor,
+            )
     else:
+        # the series gate reads its shards here (docs/scaling.md: what stays single-machine)
         # ingest stored the source's time column as `timestamp` (the canonical name)
         names = settings.data.series.model_copy(update={"timestamp": "timestamp"})
         result = gate_series(

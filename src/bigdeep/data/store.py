@@ -10,10 +10,14 @@ from __future__ import annotations
 import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+if TYPE_CHECKING:
+    from bigdeep.compute import Executor
 
 IMAGE_SCHEMA = pa.schema(
     [
@@ -25,28 +29,42 @@ IMAGE_SCHEMA = pa.schema(
 )
 
 
-def write_shards(batches: Iterable[pd.DataFrame | pa.Table], out_dir: Path) -> int:
+def write_shards(
+    batches: Iterable[pd.DataFrame | pa.Table], out_dir: Path, executor: Executor | None = None
+) -> int:
     """Write each batch as one shard `part-NNNNN.parquet`; replace `out_dir` atomically.
 
     Returns the number of rows written. The new folder is built beside the old one and
-    swapped in only when complete, so a crash never leaves a half-written dataset.
+    swapped in only when complete, so a crash never leaves a half-written dataset (a failed
+    write removes it). executor: a Dask cluster (bigdeep.compute) encodes and writes the
+    shards, which then must see the same folder; batches are read here, in order.
     """
     out_dir = Path(out_dir)
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    tmp = out_dir.with_name(out_dir.name + ".tmp").resolve()
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    rows = 0
-    for i, batch in enumerate(batches):
-        table = (
-            batch
-            if isinstance(batch, pa.Table)
-            else pa.Table.from_pandas(batch, preserve_index=False)
-        )
-        pq.write_table(table, tmp / f"part-{i:05d}.parquet")
-        rows += table.num_rows
+    try:
+        numbered = enumerate(batches)
+        if executor is None:
+            rows = sum(_write_shard(item, tmp) for item in numbered)
+        else:
+            rows = sum(executor.map_ordered(_write_shard, numbered, tmp))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp.rename(out_dir)
     return rows
+
+
+def _write_shard(item: tuple[int, pd.DataFrame | pa.Table], folder: Path) -> int:
+    """Write batch i as folder/part-{i:05d}.parquet; its row count (runs on a worker)."""
+    i, batch = item
+    table = (
+        batch if isinstance(batch, pa.Table) else pa.Table.from_pandas(batch, preserve_index=False)
+    )
+    pq.write_table(table, folder / f"part-{i:05d}.parquet")
+    return table.num_rows
 
 
 def shard_paths(shards_dir: str | Path, *, empty_ok: bool) -> list[Path]:

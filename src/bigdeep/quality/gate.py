@@ -32,6 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from bigdeep.compute import Executor
 from bigdeep.config import ImagePrepare, ImageQuality, SeriesData, SeriesQuality
 from bigdeep.data.images import conversion_text
 from bigdeep.data.store import shard_paths
@@ -151,11 +152,17 @@ def gate_images(
     workers: int | None = None,
     chunk_rows: int = CHUNK_ROWS,
     conversion: ImagePrepare | None = None,
+    executor: Executor | None = None,
 ) -> GateResult:
-    """Profile and validate the raw image store chunk by chunk (bounded memory, every core).
+    """Profile and validate the raw image store chunk by chunk (bounded memory, every core, or
+    a Dask cluster's workers: `executor`, bigdeep.compute).
     `conversion` (prepare.images): with a size or mode set, images need only be convertible."""
     chunks = iter_image_profiles(
-        shards_dir, max_pixels=settings.max_pixels, workers=workers, chunk_rows=chunk_rows
+        shards_dir,
+        max_pixels=settings.max_pixels,
+        workers=workers,
+        chunk_rows=chunk_rows,
+        executor=executor,
     )
     return _gate_images(name, chunks, settings, reference, conversion)
 

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -31,6 +31,9 @@ import pyarrow.parquet as pq
 from PIL import Image, UnidentifiedImageError
 
 from bigdeep.data.store import shard_paths
+
+if TYPE_CHECKING:
+    from bigdeep.compute import Executor
 
 # A header may declare any size; 2**24 pixels (4096 x 4096) is far above any image this
 # pipeline trains on and far below what would exhaust memory when decoded.
@@ -160,7 +163,7 @@ class _Part:
 
 def _parts(paths: list[Path]) -> list[_Part]:
     parts, start = [], 0
-    for path in paths:
+    for path in (p.resolve() for p in paths):  # absolute: a Dask worker may run elsewhere
         meta = pq.ParquetFile(path).metadata
         for g in range(meta.num_row_groups):
             n = meta.row_group(g).num_rows
@@ -201,21 +204,28 @@ def iter_image_profiles(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     workers: int | None = None,
     chunk_rows: int = CHUNK_ROWS,
+    executor: Executor | None = None,
 ) -> Iterator[ProfileChunk]:
     """Profile the store in chunks of about `chunk_rows` images, in store order.
 
     Memory is bounded by a few chunks plus 16 bytes per image (the hashes that find exact
-    duplicates across the whole store). workers: decoding processes; None uses every core
+    duplicates across the whole store). executor: a Dask cluster (bigdeep.compute) decodes
+    the row groups; without one, `workers` decoding processes here: None uses every core
     once the store holds at least PARALLEL_MIN_ROWS images, and one process below that.
+    Duplicates are marked here, in store order, so the result does not depend on either.
     """
     parts = _parts(shard_paths(shards_dir, empty_ok=True))
-    if workers is None:
-        total = sum(p.rows for p in parts)
-        workers = (os.cpu_count() or 1) if total >= PARALLEL_MIN_ROWS else 1
-    workers = max(1, min(workers, len(parts) or 1))
+    if executor is not None:
+        profiled = executor.map_ordered(_profile_part, parts, max_pixels)
+    else:
+        if workers is None:
+            total = sum(p.rows for p in parts)
+            workers = (os.cpu_count() or 1) if total >= PARALLEL_MIN_ROWS else 1
+        workers = max(1, min(workers, len(parts) or 1))
+        profiled = _ordered_map(_profile_part, parts, max_pixels, workers)
     duplicates = _Duplicates(parts)
     pending: list[ProfileChunk] = []
-    for part in _ordered_map(_profile_part, parts, max_pixels, workers):
+    for part in profiled:
         pending.append(part)
         if sum(len(p.frame) for p in pending) >= chunk_rows:
             yield duplicates.mark(_join(pending))

@@ -1,0 +1,171 @@
+"""Where the data stages run their shards: in this process, or on a Dask cluster.
+
+    with open_executor(settings.compute) as ex:     # None when compute.cluster is null
+        for result in (ex or InProcess()).map_ordered(fn, parts, arg):   # in `parts` order
+            ...
+
+`compute.cluster` null runs every shard in this process (the default, and today's behaviour);
+an int N or "local:N" starts a `dask.distributed` LocalCluster of N worker processes (one
+thread each) for the stage and closes it after; "tcp://host:8786" connects to a running
+scheduler (`dask scheduler`, `dask worker tcp://host:8786`). A stage merges results in shard
+order whatever the executor, so its outputs are byte-identical.
+
+Dask is imported only when a cluster is configured: the CLI's start-up does not pay for it.
+A task on a worker that dies is rescheduled by Dask on another one (`compute.retries` more
+times on errors); a cluster that is gone, or a scheduler that does not answer within
+`compute.connect_timeout` seconds, is a `ComputeError` naming `compute.cluster`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any, Protocol, TypeVar
+
+from bigdeep.config import ComputeSettings
+from bigdeep.errors import BigdeepError
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+# Results a Dask executor lets pile up per worker before it waits for the oldest one: enough
+# to keep every worker busy while the stage merges, few enough that memory stays bounded.
+IN_FLIGHT_PER_WORKER = 4
+
+
+class ComputeError(BigdeepError):
+    """The Dask cluster named by compute.cluster cannot be reached or was lost mid-stage."""
+
+
+class Executor(Protocol):
+    """What a stage needs from where it runs: a worker count and an ordered map."""
+
+    @property
+    def workers(self) -> int: ...
+
+    def map_ordered(
+        self, fn: Callable[..., R], items: Iterable[Any], *args: Any
+    ) -> Iterator[R]: ...
+
+
+class InProcess:
+    """Runs every item here, one after the other (compute.cluster: null)."""
+
+    workers = 1
+
+    def map_ordered(self, fn: Callable[..., R], items: Iterable[Any], *args: Any) -> Iterator[R]:
+        for item in items:
+            yield fn(item, *args)
+
+
+class DaskExecutor:
+    """Runs items as tasks on a `distributed.Client`, yielding results in input order."""
+
+    def __init__(self, client: Any, cluster: str, retries: int) -> None:
+        self.client, self.cluster, self.retries = client, cluster, retries
+
+    @property
+    def workers(self) -> int:
+        return max(1, len(self.client.scheduler_info(n_workers=-1)["workers"]))
+
+    def map_ordered(self, fn: Callable[..., R], items: Iterable[Any], *args: Any) -> Iterator[R]:
+        """fn(item, *args) for each item, in order, at most IN_FLIGHT_PER_WORKER x workers
+        in flight (so results cannot pile up faster than the stage merges them)."""
+        window = IN_FLIGHT_PER_WORKER * self.workers
+        todo = iter(items)
+        flight: deque[Any] = deque()
+        try:
+            # each argument sent to every worker once, not once per task ([a]: one object,
+            # even when it is a list or a set)
+            scattered = [self.client.scatter([a], broadcast=True, hash=False)[0] for a in args]
+            for item in todo:
+                flight.append(self._submit(fn, item, scattered))
+                if len(flight) >= window:
+                    yield self._result(flight.popleft())
+            while flight:
+                yield self._result(flight.popleft())
+        finally:
+            for future in flight:  # a stage that stopped early (an error) leaves nothing running
+                future.cancel()
+
+    def _submit(self, fn: Callable[..., R], item: Any, args: list[Any]) -> Any:
+        try:
+            return self.client.submit(fn, item, *args, pure=False, retries=self.retries)
+        except Exception as e:
+            raise self._lost(e) from None
+
+    def _result(self, future: Any) -> Any:
+        from concurrent.futures import CancelledError
+
+        from distributed.comm.core import CommClosedError
+        from distributed.scheduler import KilledWorker
+
+        try:
+            return future.result()
+        except (KilledWorker, CancelledError, CommClosedError, TimeoutError) as e:
+            # a task's own error (e.g. a bad shard) is re-raised as itself, above
+            raise self._lost(e) from None
+
+    def _lost(self, e: BaseException) -> ComputeError:
+        return ComputeError(
+            f"compute.cluster {self.cluster!r}: the Dask cluster failed mid-stage "
+            f"({type(e).__name__}: {e}); nothing was written. Check that the scheduler and "
+            "its workers are running (`dask scheduler`, `dask worker <address>`) and have "
+            "the memory a shard needs, or set compute.cluster: null to run in this process, "
+            "then run the stage again."
+        )
+
+
+@contextmanager
+def open_executor(cfg: ComputeSettings) -> Iterator[DaskExecutor | None]:
+    """The Dask executor compute.cluster names, opened for one stage and closed after it;
+    None when it is null (the stage runs its shards in this process, as it always did)."""
+    if cfg.cluster is None:
+        yield None
+        return
+    from distributed import Client, LocalCluster
+
+    # Dask logs every worker start and stop at INFO: the stage's own lines are enough.
+    for name in ("distributed", "distributed.worker", "distributed.scheduler"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    n = cfg.local_workers
+    if n is not None:
+        local = LocalCluster(
+            n_workers=n,
+            threads_per_worker=1,  # decoding holds the GIL: one process per core
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address="127.0.0.1:0",
+        )
+        client = Client(local)
+        try:
+            yield DaskExecutor(client, str(cfg.cluster), cfg.retries)
+        finally:
+            client.close()
+            local.close()
+        return
+    address = str(cfg.cluster)
+    try:
+        client = Client(address, timeout=cfg.connect_timeout)
+    except (OSError, TimeoutError) as e:
+        raise ComputeError(
+            f"compute.cluster {address!r}: no Dask scheduler answered within "
+            f"{cfg.connect_timeout:g} s ({type(e).__name__}). Start one there (`dask scheduler`, "
+            "then `dask worker " + address + "` on each machine), fix the address, or set "
+            "compute.cluster: null to run in this process."
+        ) from None
+    try:
+        yield DaskExecutor(client, address, cfg.retries)
+    finally:
+        client.close()
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process in MB (run on each worker by the benchmark)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024 if sys.platform == "darwin" else 1024)

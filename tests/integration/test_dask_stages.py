@@ -1,0 +1,219 @@
+"""The image stages on a real local Dask cluster (2 worker processes) give the same bytes as
+in-process; a worker killed mid-stage changes nothing; a lost cluster fails cleanly.
+
+Shards, report, quarantine and prepared splits are compared byte for byte: the merge in
+shard order is what makes `dvc.lock` independent of compute.cluster.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from bigdeep.compute import ComputeError, open_executor
+from bigdeep.config import ComputeSettings, Settings
+from bigdeep.data.store import write_shards
+from bigdeep.ingest import ingest_images
+from bigdeep.prepare import prepare_images
+from bigdeep.quality.profile import iter_image_profiles, profile_images
+from bigdeep.validate import validate
+from tests.unit.images import digit, png
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[tuple[str, object]]:
+    """(scheduler address, client) of a LocalCluster of 2 single-threaded worker processes."""
+    from distributed import Client, LocalCluster
+
+    with (
+        LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address="127.0.0.1:0",
+        ) as local,
+        Client(local) as client,
+    ):
+        yield local.scheduler_address, client
+
+
+def run_stages(settings: Settings, root: Path) -> dict[str, bytes]:
+    """ingest, validate and prepare the images into `root`; every output file's bytes."""
+    raw, quarantine = root / "raw", root / "quarantine"
+    ingest_images(settings, raw)
+    result = validate(
+        "images", settings, raw, root / "reports/images.json", quarantine, root / "reference"
+    )
+    assert result.passed, result.report["failures"]
+    with open_executor(settings.compute) as executor:
+        prepare_images(
+            raw,
+            quarantine,
+            root / "processed",
+            settings.prepare.images,
+            settings.quality.images.classes,
+            settings.seed,
+            executor,
+        )
+    outputs = ["raw", "quarantine", "processed", "reports/images.json", "reference"]
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for out in outputs
+        for p in sorted([root / out] if (root / out).is_file() else (root / out).rglob("*"))
+        if p.is_file()
+    }
+
+
+def on(address: str, **params) -> tuple[Settings, Settings]:
+    """(in-process settings, the same on the cluster at `address`)."""
+    base = Settings.model_validate(params)
+    return base, base.model_copy(update={"compute": ComputeSettings(cluster=address)})
+
+
+def assert_same(a: dict[str, bytes], b: dict[str, bytes]) -> None:
+    assert sorted(a) == sorted(b)
+    assert [name for name in a if a[name] != b[name]] == []
+
+
+def test_builtin_data_gives_the_same_bytes_on_the_cluster(cluster, tmp_path):
+    local, remote = on(
+        cluster[0],
+        data={"images": {"per_class": 12, "shard_rows": 25}},  # 120 images, 5 shards
+    )
+    here = run_stages(local, tmp_path / "here")
+    there = run_stages(remote, tmp_path / "there")
+    assert sum(name.startswith("raw/part-") for name in here) == 5
+    assert "processed/train_x.npy" in here or any("processed/" in n for n in here)
+    assert_same(here, there)
+
+
+def image_folder(root: Path) -> Path:
+    """3 classes x 8 digits, plus a truncated PNG, an empty file and an exact duplicate."""
+    for k, label in enumerate("012"):
+        (root / label).mkdir(parents=True)
+        for i in range(8):
+            (root / label / f"{i:02d}.png").write_bytes(png(digit(10 * k + i)))
+    (root / "1" / "broken.png").write_bytes(png(digit(99))[:40])
+    (root / "2" / "empty.png").write_bytes(b"")
+    (root / "0" / "copy.png").write_bytes((root / "1" / "03.png").read_bytes())
+    return root
+
+
+def test_image_folder_with_bad_files_gives_the_same_quarantine(cluster, tmp_path):
+    folder = image_folder(tmp_path / "src")
+    local, remote = on(
+        cluster[0],
+        data={"images": {"source": f"folder:{folder}", "per_class": None, "shard_rows": 4}},
+        quality={"images": {"classes": ["0", "1", "2"], "max_quarantine_fraction": 0.2}},
+    )
+    here = run_stages(local, tmp_path / "here")
+    there = run_stages(remote, tmp_path / "there")
+    reasons = pd.read_parquet(tmp_path / "there/quarantine/reasons.parquet")
+    # the bad files, from different shards, merged into one quarantine; 1/03.png is a copy of
+    # 0/copy.png, in an earlier shard (duplicates are found across shards)
+    assert set(reasons["record"]) == {"1/broken.png", "2/empty.png", "1/03.png"}
+    assert_same(here, there)
+
+
+def kill_one_worker(client) -> int:
+    """SIGKILL one worker process (its nanny starts a new one); its pid."""
+    pid = sorted(client.run(os.getpid).values())[0]
+    os.kill(pid, signal.SIGKILL)
+    return pid
+
+
+def test_a_worker_killed_mid_stage_changes_nothing(cluster, tmp_path):
+    address, client = cluster
+    batches = [pd.DataFrame({"row": range(i * 10, i * 10 + 10)}) for i in range(12)]
+
+    def killing_after(n: int) -> Iterator[pd.DataFrame]:
+        for i, batch in enumerate(batches):
+            if i == n:
+                kill_one_worker(client)
+            yield batch
+
+    write_shards(iter(batches), tmp_path / "here")
+    with open_executor(ComputeSettings(cluster=address)) as executor:
+        rows = write_shards(killing_after(3), tmp_path / "there", executor)
+        assert rows == 120
+        # the gate's profiling, with a worker killed after its first chunk
+        ingest_images(
+            Settings.model_validate({"data": {"images": {"per_class": 12, "shard_rows": 4}}}),
+            tmp_path / "images",
+        )  # 30 row groups: most still to run when the worker dies
+        chunks = iter_image_profiles(tmp_path / "images", chunk_rows=4, executor=executor)
+        first = next(chunks)
+        killed = kill_one_worker(client)
+        profile = pd.concat([first.frame, *(c.frame for c in chunks)], ignore_index=True)
+    pd.testing.assert_frame_equal(profile, profile_images(tmp_path / "images", workers=1))
+    here = sorted((tmp_path / "here").iterdir())
+    there = sorted((tmp_path / "there").iterdir())
+    assert [p.name for p in here] == [p.name for p in there]
+    assert all(a.read_bytes() == b.read_bytes() for a, b in zip(here, there, strict=True))
+    _wait_for_workers(client, 2)  # the nanny started a new worker
+    assert killed not in client.run(os.getpid).values()
+
+
+def _wait_for_workers(client, n: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while len(client.scheduler_info(n_workers=-1)["workers"]) < n:
+        assert time.monotonic() < deadline, "the nanny did not restart the killed worker"
+        time.sleep(0.2)
+
+
+def test_a_lost_cluster_fails_cleanly_and_leaves_the_old_store(tmp_path):
+    from distributed import LocalCluster
+
+    out = tmp_path / "raw"
+    write_shards([pd.DataFrame({"row": [1, 2]})], out)  # the store of an earlier run
+    before = (out / "part-00000.parquet").read_bytes()
+    local = LocalCluster(
+        n_workers=1,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address="127.0.0.1:0",
+    )
+    batches = (pd.DataFrame({"row": range(i, i + 5)}) for i in range(0, 50, 5))
+
+    def losing_the_cluster() -> Iterator[pd.DataFrame]:
+        for i, batch in enumerate(batches):
+            if i == 3:
+                local.close()  # scheduler and worker gone mid-stage
+            yield batch
+
+    with pytest.raises(ComputeError, match=r"compute.cluster 'tcp://127\.0\.0\.1:\d+'"):
+        with open_executor(ComputeSettings(cluster=local.scheduler_address)) as executor:
+            write_shards(losing_the_cluster(), out, executor)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]  # no raw.tmp left
+    assert [p.name for p in out.iterdir()] == ["part-00000.parquet"]
+    assert (out / "part-00000.parquet").read_bytes() == before
+
+
+def test_a_scheduler_that_does_not_answer_is_a_clear_error_within_seconds():
+    from bigdeep.servers import free_port
+
+    address = f"tcp://127.0.0.1:{free_port()}"
+    start = time.monotonic()
+    with pytest.raises(ComputeError, match=r"compute.cluster .*no Dask scheduler answered"):
+        with open_executor(ComputeSettings(cluster=address, connect_timeout=2)):
+            pass
+    assert time.monotonic() - start < 10
+
+
+def test_a_local_cluster_is_started_and_closed_by_the_stage():
+    with open_executor(ComputeSettings(cluster="local:2")) as executor:
+        assert executor is not None and executor.workers == 2
+        squares = list(executor.map_ordered(pow, range(20), 2))
+        client = executor.client
+    assert squares == [i * i for i in range(20)]
+    assert client.status == "closed"
