@@ -160,12 +160,3 @@ def open_executor(cfg: ComputeSettings) -> Iterator[DaskExecutor | None]:
         yield DaskExecutor(client, address, cfg.retries)
     finally:
         client.close()
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process in MB (run on each worker by the benchmark)."""
-    import resource
-    import sys
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1024 * 1024 if sys.platform == "darwin" else 1024)

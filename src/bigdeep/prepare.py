@@ -196,11 +196,21 @@ def _scan_shard(path: Path, quarantined: set[str], classes: list[str], cfg: Imag
 
 
 def _decode_shard(
-    path: Path, quarantined: set[str], cfg: ImagePrepare
-) -> list[tuple[str, np.ndarray]]:
-    """(record_id, pixels) of one shard's accepted images, in order (runs on a worker)."""
+    path: Path, quarantined: set[str], cfg: ImagePrepare, shape: tuple[int, ...], raw_dir: Path
+) -> np.ndarray:
+    """One shard's accepted images converted, uint8 (n, *shape), in order (runs on a worker:
+    one array goes back, not n small ones)."""
     shard = _kept(pq.read_table(path, columns=["record_id", "image"]).to_pandas(), quarantined)
-    return [(r, to_array(d, cfg)) for r, d in zip(shard["record_id"], shard["image"], strict=True)]
+    out = np.empty((len(shard), *shape), np.uint8)
+    for k, (record, data) in enumerate(zip(shard["record_id"], shard["image"], strict=True)):
+        pixels = to_array(data, cfg)
+        if pixels.shape != shape:
+            raise PrepareError(
+                f"{raw_dir}: record {record} is {pixels.shape[0]}x{pixels.shape[1]}, the "
+                f"others {shape[0]}x{shape[1]}; the gate checks height and width"
+            )
+        out[k] = pixels
+    return out
 
 
 def _write_x(
@@ -223,15 +233,12 @@ def _write_x(
         for name, idx in order.items()
     ]
     i = 0
-    for decoded in ex.map_ordered(_decode_shard, paths, quarantined, cfg):
-        for record, pixels in decoded:
-            if pixels.shape != first.shape:
-                raise PrepareError(
-                    f"{raw_dir}: record {record} is {pixels.shape[0]}x{pixels.shape[1]}, the "
-                    f"others {first.shape[0]}x{first.shape[1]}; the gate checks height and width"
-                )
-            x[split_of[i]][row_of[i]] = pixels
-            i += 1
+    for pixels in ex.map_ordered(_decode_shard, paths, quarantined, cfg, first.shape, raw_dir):
+        at = slice(i, i + len(pixels))
+        for s, rows in enumerate(x):  # each split's rows of this shard, at once
+            mine = split_of[at] == s
+            rows[row_of[at][mine]] = pixels[mine]
+        i += len(pixels)
     for rows in x:
         rows.flush()
     del x, rows  # unmapped before the folder is swapped in

@@ -44,11 +44,12 @@ def write_shards(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        numbered = enumerate(batches)
         if executor is None:
-            rows = sum(_write_shard(item, tmp) for item in numbered)
+            rows = sum(_write_shard(item, tmp) for item in enumerate(batches))
         else:
-            rows = sum(executor.map_ordered(_write_shard, numbered, tmp))
+            # Arrow tables travel as their buffers; a DataFrame of text is pickled row by row
+            tables = enumerate(_as_table(b) for b in batches)
+            rows = sum(executor.map_ordered(_write_shard, tables, tmp))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -60,11 +61,15 @@ def write_shards(
 def _write_shard(item: tuple[int, pd.DataFrame | pa.Table], folder: Path) -> int:
     """Write batch i as folder/part-{i:05d}.parquet; its row count (runs on a worker)."""
     i, batch = item
-    table = (
-        batch if isinstance(batch, pa.Table) else pa.Table.from_pandas(batch, preserve_index=False)
-    )
+    table = _as_table(batch)
     pq.write_table(table, folder / f"part-{i:05d}.parquet")
     return table.num_rows
+
+
+def _as_table(batch: pd.DataFrame | pa.Table) -> pa.Table:
+    return (
+        batch if isinstance(batch, pa.Table) else pa.Table.from_pandas(batch, preserve_index=False)
+    )
 
 
 def shard_paths(shards_dir: str | Path, *, empty_ok: bool) -> list[Path]:
