@@ -92,7 +92,7 @@ def test_builtin_data_gives_the_same_bytes_on_the_cluster(cluster, tmp_path):
     here = run_stages(local, tmp_path / "here")
     there = run_stages(remote, tmp_path / "there")
     assert sum(name.startswith("raw/part-") for name in here) == 5
-    assert "processed/train_x.npy" in here or any("processed/" in n for n in here)
+    assert {"processed/train_x.npy", "quarantine/reasons.parquet"} <= set(here)
     assert_same(here, there)
 
 
@@ -163,7 +163,7 @@ def test_a_worker_killed_mid_stage_changes_nothing(cluster, tmp_path):
     assert killed not in client.run(os.getpid).values()
 
 
-def _wait_for_workers(client, n: int, timeout: float = 30) -> None:
+def _wait_for_workers(client, n: int, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while len(client.scheduler_info(n_workers=-1)["workers"]) < n:
         assert time.monotonic() < deadline, "the nanny did not restart the killed worker"
