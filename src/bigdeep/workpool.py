@@ -31,16 +31,17 @@ class PoolError(BigdeepError):
 
 def require_server() -> str:
     """PREFECT_API_URL, which must answer: a work pool lives on a lasting Prefect server."""
+    from bigdeep.orchestration import PrefectUnavailable
     from bigdeep.servers import healthy
 
     url = os.environ.get("PREFECT_API_URL")
     if not url:
-        raise UsageError(
+        raise PrefectUnavailable(
             "no Prefect server: a work pool and its workers need a lasting one. Start it with "
             "`bigdeep servers up` in the project, or set PREFECT_API_URL to a running server."
         )
     if not healthy(url.rstrip("/") + "/health"):
-        raise UsageError(
+        raise PrefectUnavailable(
             f"the Prefect server at PREFECT_API_URL={url} does not answer. Start it "
             "(`bigdeep servers up`) or point PREFECT_API_URL at a running server."
         )
