@@ -61,21 +61,23 @@ def test_two_triggered_runs_on_a_pool_with_two_workers_run_one_after_the_other(
     )
     env = dict(os.environ, PREFECT_API_URL=url, PREFECT_WORKER_QUERY_SECONDS="2")
     bigdeep = [sys.executable, "-m", "bigdeep.cli"]
-    proc = subprocess.run(
-        [*bigdeep, "schedule", "--pool", POOL, "--name", "twice", "--cron", "none"]
-        + ["--datasets", "series"],
-        cwd=project,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    said = proc.stdout + proc.stderr
-    assert proc.returncode == 0, said
-    assert f"on work pool '{POOL}'" in said and "one run at a time" in said, said
+    for _ in range(2):  # deploying again updates the same deployment
+        proc = subprocess.run(
+            [*bigdeep, "schedule", "--pool", POOL, "--name", "twice", "--cron", "none"]
+            + ["--datasets", "series"],
+            cwd=project,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        said = proc.stdout + proc.stderr
+        assert proc.returncode == 0, said
+        assert f"on work pool '{POOL}'" in said and "one run at a time" in said, said
 
     workers = [_start_worker(project, env, f"w{i}", tmp_path / f"w{i}.log") for i in (1, 2)]
     try:
         with temporary_settings({PREFECT_API_URL: url}), get_client(sync_client=True) as client:
+            assert [d.name for d in client.read_deployments()] == ["twice"]
             deployment = client.read_deployment_by_name(DEPLOYMENT)
             assert deployment.global_concurrency_limit.limit == 1
             assert deployment.concurrency_options.collision_strategy == "ENQUEUE"
