@@ -302,6 +302,17 @@ def pipeline(
     (one paragraph per failure; exit_code 3 when only quality gates failed).
     """
     project = str(Path(project_dir).resolve())
+    from bigdeep.runlock import clear_stale_dvc_locks, hold_run
+
+    # `bigdeep run` holds the lock already (re-entrant); a worker's run takes it here, the second
+    # line after the deployment's concurrency limit
+    with hold_run(Path(project), wait=True):
+        for line in clear_stale_dvc_locks(Path(project)):
+            get_run_logger().warning(line)
+        return _pipeline(project, datasets, overrides)
+
+
+def _pipeline(project: str, datasets: list[str] | None, overrides: dict[str, str] | None):
     _claim_and_reap(project)
     try:
         check_tracking(project)
@@ -443,7 +454,7 @@ def _failed(paragraphs: list[str], exit_code: int):
 
 def serve(
     project_dir: str,
-    cron: str,
+    cron: str | None,
     datasets: list[str],
     overrides: dict[str, str] | None = None,
     name: str = "scheduled",

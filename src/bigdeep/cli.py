@@ -8,7 +8,8 @@
     bigdeep run            # the whole pipeline as a Prefect flow, through DVC
     bigdeep ui             # the MLflow UI on 127.0.0.1
     bigdeep servers up     # Prefect + MLflow servers (SQLite, or --postgres URL)
-    bigdeep schedule --cron "0 3 * * *"
+    bigdeep schedule --cron "0 3 * * *"   # or --pool local: a deployment on a work pool
+    bigdeep worker --pool local           # a process worker that runs the pool's runs
     bigdeep lineage bigdeep-cnn@champion ; bigdeep restore bigdeep-cnn@champion
     bigdeep quality history series         # each validated version's figures (MLflow)
     bigdeep serve bigdeep-cnn@champion --port 5001
@@ -496,15 +497,52 @@ def cmd_schedule(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_FAILED
+    overrides = _overrides(args.set)
+    if overrides:  # a wrong key fails now, not at 3 a.m.
+        from bigdeep.config import plan_overrides
+
+        plan_overrides(Path(args.project) / "params.yaml", overrides)
+    if args.pool:  # a deployment on a work pool: workers run it (`bigdeep worker`)
+        from bigdeep import workpool
+
+        workpool.require_server()
+        deployment = workpool.deploy(
+            Path(args.project),
+            args.pool,
+            args.name,
+            _cron(args.cron),
+            args.datasets,
+            overrides,
+        )
+        print(
+            f"deployment bigdeep-pipeline/{args.name} ({deployment}) on work pool {args.pool!r}, "
+            f"cron {args.cron!r}, one run at a time; start a worker: bigdeep worker --pool "
+            f"{args.pool}; run it now: prefect deployment run bigdeep-pipeline/{args.name}"
+        )
+        return 0
     from flows.pipeline import serve
 
     serve(
         project_dir=str(Path(args.project).resolve()),
-        cron=args.cron,
+        cron=_cron(args.cron),
         datasets=args.datasets,
+        overrides=overrides,
         name=args.name,
     )
     return 0
+
+
+def _cron(value: str) -> str | None:
+    return None if value.strip().lower() == "none" else value
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from bigdeep import workpool
+
+    _use_servers(Path(args.project) / ".bigdeep" / "servers")
+    url = workpool.require_server()
+    print(f"worker on pool {args.pool!r} at {url} (Ctrl-C stops it)", flush=True)
+    return workpool.run_worker(args.pool, args.name)
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
@@ -646,7 +684,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_servers)
 
     s = sub.add_parser("schedule", help="serve the flow as a cron deployment on the Prefect server")
-    s.add_argument("--cron", default="0 3 * * *")
+    s.add_argument(
+        "--cron",
+        default="0 3 * * *",
+        help="when to run (cron, UTC; default 0 3 * * *); none: only runs triggered by hand",
+    )
     s.add_argument(
         "--datasets", nargs="+", choices=["images", "series"], default=["images", "series"]
     )
@@ -658,7 +700,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="params.yaml key for every run (repeatable)",
     )
     s.add_argument("--project", default=".")
+    s.add_argument(
+        "--pool",
+        help="deploy on this Prefect process work pool (created if missing) and return; "
+        "`bigdeep worker --pool NAME` runs it (default: serve in this process)",
+    )
     s.set_defaults(func=cmd_schedule)
+
+    s = sub.add_parser("worker", help="a Prefect process worker: runs the pool's scheduled runs")
+    s.add_argument("--pool", required=True, help="the work pool `bigdeep schedule --pool` made")
+    s.add_argument("--name", help="worker name (default: Prefect's)")
+    s.add_argument("--project", default=".", help="where `bigdeep servers up` ran (its server)")
+    s.set_defaults(func=cmd_worker)
 
     s = sub.add_parser("lineage", help="print the data, code and params behind a registered model")
     s.add_argument("ref", help="<model>@<alias|version>, e.g. bigdeep-cnn@champion")

@@ -305,6 +305,7 @@ class Trainer(Strict):
     accelerator: str = "auto"
     devices: int | str = "auto"
     strategy: str = "auto"
+    num_nodes: int = Field(1, ge=1)  # machines in one DDP run (torchrun / SLURM: docs/multinode.md)
     precision: str | None = None  # null: bf16-mixed on a GPU that supports it, else 32-true
     threads: int | None = Field(1, ge=1)  # torch CPU threads; see README (2-core machines)
     num_workers: int = Field(0, ge=0)
@@ -312,6 +313,17 @@ class Trainer(Strict):
     memory_mb: float = Field(4096, ge=0)  # larger image splits (as float32) stream from disk
     limit_train_batches: float | int = 1.0
     deterministic: bool = True
+
+    @model_validator(mode="after")
+    def _nodes_need_a_distributed_strategy(self) -> Trainer:
+        single = ("single_device", "dp")
+        if self.num_nodes > 1 and (self.strategy in single or self.strategy.startswith(single)):
+            raise ValueError(
+                f"train.trainer.num_nodes is {self.num_nodes} but strategy is "
+                f"{self.strategy!r}, which runs on one machine: set strategy: ddp (or auto, "
+                "which picks DDP), or num_nodes: 1"
+            )
+        return self
 
 
 class CNNParams(Strict):

@@ -25,6 +25,7 @@ from bigdeep.errors import RunBusy
 
 RUN_LOCK = ".bigdeep/run.lock"
 DVC_RWLOCK = ".dvc/tmp/rwlock"
+_HELD: set[Path] = set()  # the projects this process holds: holding again is a no-op
 
 
 def _holder(path: Path) -> str:
@@ -38,8 +39,16 @@ def _holder(path: Path) -> str:
 
 @contextlib.contextmanager
 def hold_run(project: Path, *, wait: bool = True, out: TextIO | None = None) -> Iterator[None]:
-    """Hold the project's run lock for the block; wait for it (saying so) or raise RunBusy."""
+    """Hold the project's run lock for the block; wait for it (saying so) or raise RunBusy.
+
+    Re-entrant within a process: `bigdeep run` holds it, and the flow it runs (which also takes
+    it, for runs a Prefect worker starts) goes straight on.
+    """
     out = out or sys.stderr
+    key = Path(project).resolve()
+    if key in _HELD:
+        yield
+        return
     path = Path(project) / RUN_LOCK
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -64,7 +73,11 @@ def hold_run(project: Path, *, wait: bool = True, out: TextIO | None = None) -> 
         info = {"pid": os.getpid(), "started": time.time(), "command": " ".join(sys.argv)}
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(info).encode(), 0)
-        yield
+        _HELD.add(key)
+        try:
+            yield
+        finally:
+            _HELD.discard(key)
     finally:
         os.close(fd)  # closing drops the flock
 

@@ -371,6 +371,7 @@ def _common_params(settings: Settings) -> dict[str, Any]:
         "trainer.accelerator": t.accelerator,
         "trainer.devices": t.devices,
         "trainer.strategy": t.strategy,
+        "trainer.num_nodes": t.num_nodes,
         "trainer.precision": precision_for(t),
         "trainer.threads": t.threads,
         "trainer.limit_train_batches": t.limit_train_batches,

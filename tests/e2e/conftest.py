@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
+from bigdeep.servers import free_port, healthy
 from tests.e2e.helpers import SMALL, deep_update, make_project
 
 
@@ -30,3 +36,35 @@ def project_factory(tmp_path, mlflow_uri, prefect_server):
         )
 
     return factory
+
+
+@pytest.fixture
+def prefect_api(tmp_path):
+    """`prefect server start` on a free port, its database in tmp_path; killed after."""
+    port = free_port()
+    env = dict(
+        os.environ,
+        PREFECT_HOME=str(tmp_path / "prefect_home"),
+        PREFECT_UI_ENABLED="false",
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+    )
+    env.pop("PREFECT_API_URL", None)
+    cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1"]
+    with open(tmp_path / "prefect.log", "wb") as log:
+        proc = subprocess.Popen(
+            [*cmd, "--port", str(port)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}/api"
+    deadline = time.monotonic() + 300  # a loaded 2-core machine takes over a minute
+    while not healthy(url + "/health"):
+        assert proc.poll() is None, (tmp_path / "prefect.log").read_text()
+        assert time.monotonic() < deadline, "the Prefect server did not start in 300 s"
+        time.sleep(1)
+    yield url, proc
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()

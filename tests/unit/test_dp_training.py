@@ -60,7 +60,8 @@ def test_an_impossible_target_names_the_key_and_the_fix():
 
 
 @pytest.mark.parametrize(
-    "trainer", [Trainer(strategy="ddp"), Trainer(devices=2), Trainer(strategy="fsdp")]
+    "trainer",
+    [Trainer(strategy="ddp"), Trainer(devices=2), Trainer(strategy="fsdp"), Trainer(num_nodes=2)],
 )
 def test_ddp_is_refused(trainer):
     with pytest.raises(PrivacyError, match="Fix: set train.trainer.devices: 1"):

@@ -274,6 +274,7 @@ def make_trainer(
         accelerator=cfg.accelerator,
         devices=cfg.devices,
         strategy=cfg.strategy,
+        num_nodes=cfg.num_nodes,  # torchrun / SLURM give each process its node's rank
         precision=precision_for(cfg),
         deterministic=cfg.deterministic,
         limit_train_batches=cfg.limit_train_batches,

@@ -120,13 +120,14 @@ def plan(cfg: Privacy, model: str, epochs: int, n_train: int, batches: int) -> P
 def check_single_process(trainer: Trainer) -> None:
     """DP here is one process's: refuse a strategy or device count that means DDP."""
     devices = trainer.devices  # "auto" on a machine with several GPUs: the callback refuses
-    if "ddp" in trainer.strategy or "fsdp" in trainer.strategy or devices not in (1, "1", "auto"):
+    distributed = "ddp" in trainer.strategy or "fsdp" in trainer.strategy or trainer.num_nodes > 1
+    if distributed or devices not in (1, "1", "auto"):
         raise PrivacyError(
             f"params.yaml train.privacy.enabled with train.trainer.strategy "
-            f"{trainer.strategy!r} and devices {devices!r}: differentially private training "
-            "runs in one process here (its Poisson sampling and privacy accountant are not "
-            "distributed). Fix: set train.trainer.devices: 1 and strategy: auto, or turn "
-            "train.privacy.enabled off."
+            f"{trainer.strategy!r}, devices {devices!r} and num_nodes {trainer.num_nodes}: "
+            "differentially private training runs in one process here (its Poisson sampling "
+            "and privacy accountant are not distributed). Fix: set train.trainer.devices: 1, "
+            "num_nodes: 1 and strategy: auto, or turn train.privacy.enabled off."
         )
 
 
