@@ -18,7 +18,7 @@ from bigdeep.config import Settings
 from bigdeep.models.metrics import StagedModule
 from bigdeep.registry import Floor
 from bigdeep.training.core import Arrays, Job
-from bigdeep.training.plumbing import fastest_precision, pin_memory_for
+from bigdeep.training.plumbing import fastest_precision, pin_memory_for, precision_for
 from bigdeep.training.privacy import private
 
 
@@ -44,8 +44,10 @@ def _gpu_first(settings: Settings, dm, model: StagedModule, loss) -> tuple[str, 
     tcfg = settings.train.trainer
     compile_mode = False if settings.train.privacy.enabled else tcfg.compile
     model.use_compile(compile_mode)
-    batch = next(iter(dm.eval_dataloader("train")))
-    precision, timings = fastest_precision(tcfg, model, batch, loss)
+    precision, timings = precision_for(tcfg), {}
+    if tcfg.precision is None and precision == "bf16-mixed":  # a GPU that has bf16: measure
+        batch = next(iter(dm.eval_dataloader("train")))
+        precision, timings = fastest_precision(tcfg, model, batch, loss)
     params: dict[str, Any] = {
         "trainer.precision": precision,
         "trainer.device_data": tcfg.device_data,
