@@ -317,6 +317,12 @@ class Trainer(Strict):
     device_budget_fraction: float = Field(0.5, gt=0, le=0.9)  # of a GPU's memory
     compile: Literal[False, "default", "reduce-overhead", "max-autotune"] = False
 
+    @field_validator("device_data", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, value: object) -> object:
+        # YAML reads a bare on / off as true / false
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+
 
 class CNNParams(Strict):
     epochs: int = Field(10, ge=1)

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
+import yaml
 from pydantic import ValidationError
 
 from bigdeep.config import Trainer
@@ -247,6 +248,11 @@ def test_no_host_sync_in_the_step_code(function):
 def test_trainer_settings_for_gpu_first_training_are_validated():
     assert Trainer().device_data == "auto" and Trainer().compile is False
     assert Trainer(compile="reduce-overhead").compile == "reduce-overhead"
+    on_off = yaml.safe_load("{a: on, b: off}")  # YAML's booleans, as params.yaml gives them
+    assert (
+        Trainer(device_data=on_off["a"]).device_data,
+        Trainer(device_data=on_off["b"]).device_data,
+    ) == ("on", "off")
     for bad in ({"device_data": "gpu"}, {"device_budget_fraction": 0}, {"compile": "fast"}):
         with pytest.raises(ValidationError):
             Trainer(**bad)
