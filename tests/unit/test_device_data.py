@@ -89,7 +89,7 @@ def test_device_path_trains_on_uint8_rows_and_epoch_metrics_are_exact(tmp_path: 
     model, trainer, dm, seen = _cnn_fit(write_images(tmp_path), 0, 2, device_data="on")
     assert dm.on_device == ["train", "val"]
     assert isinstance(trainer.train_dataloader, DeviceBatches)
-    assert dm._on_device["train"].images.dtype == torch.uint8  # a quarter of float32
+    assert dm._on_device["train@cpu:0/1"].images.dtype == torch.uint8  # a quarter of float32
     assert trainer.global_step == 2 * 5  # 40 images in batches of 8, twice
     assert all(x.dtype == torch.float32 and x.shape[1:] == (1, 28, 28) for _, x, _ in seen)
     # val (12 images, batches of 8 and 4): the logged value is the exact per-sample mean
@@ -208,7 +208,7 @@ def test_series_device_path_gives_the_loader_path_windows(tmp_path: Path):
     trainer = _trainer()
     trainer.fit(model, datamodule=dm)
     assert dm.on_device == ["train", "val"]
-    on_device = dm._on_device["val"]
+    on_device = dm._on_device["val@cpu:0/1"]
     assert isinstance(on_device, Windows)
     xs, ys = zip(*DeviceBatches(on_device, 16, False, 0, lambda: 0, "cpu"), strict=True)
     lx, ly = zip(*dm.eval_dataloader("val"), strict=True)

@@ -86,7 +86,8 @@ class SplitDataModule(pl.LightningDataModule):
         self.seed = seed
         self.device_data, self.device_budget_fraction = device_data, device_budget_fraction
         self._datasets: dict[str, Batched | StreamedImages] = {}
-        self._on_device: dict[str, Batched] = {}  # split -> this process's shard, on the device
+        # "split@device:rank/world" -> this process's shard of the split, on the device
+        self._on_device: dict[str, Batched] = {}
         self.on_device: list[str] = []  # the splits the trainer's loaders cut on the device
 
     # --- device-resident splits ---
@@ -117,7 +118,8 @@ class SplitDataModule(pl.LightningDataModule):
         if self.device_data == "off" or trainer is None:
             return None
         device = trainer.strategy.root_device
-        if split not in self._on_device:
+        key = f"{split}@{device}:{trainer.global_rank}/{trainer.world_size}"
+        if key not in self._on_device:
             source = self._device_source(split)
             need, rows = 0, np.arange(0)
             if source is not None:
@@ -140,10 +142,10 @@ class SplitDataModule(pl.LightningDataModule):
                         "/ memory_mb"
                     )
                 return None
-            self._on_device[split] = self._to_device(source, rows, device)
-            self.on_device.append(split)
+            self._on_device[key] = self._to_device(source, rows, device)
+            self.on_device += [split] if split not in self.on_device else []
         return DeviceBatches(
-            self._on_device[split],
+            self._on_device[key],
             self.batch_size,
             shuffle,
             self.seed,
