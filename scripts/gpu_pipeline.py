@@ -13,7 +13,10 @@ GPU memory. The cases:
     cnn        params.yaml's recipe, as `bigdeep train` runs it: load_settings ->
                build_image_job -> make_trainer -> fit -> test (MLflow left out)
     cnn-noaug  the same without augmentation: what the bare loop does, for the ratio
+    cnn-nodet  the recipe with `deterministic: false`: what deterministic algorithms cost
     cnn-fast   the `fast` preset (FAST below; README "GPU training")
+    cnn-compile  the fast preset with `compile: reduce-overhead` (CUDA graphs); its fit
+               time includes the compilation
     cnn-bare   a hand-written loop, same network, batch, precision, optimiser, schedule,
                label smoothing and channels_last, data resident on the device, no augmentation
     rnn        the builtin series, params.yaml's recipe, the same path as cnn
@@ -65,7 +68,13 @@ NO_AUGMENT = [
     "train.cnn.augment_shift=0",
     "train.cnn.augment_scale=0",
 ]
-CASES = ("cnn", "cnn-noaug", "cnn-fast", "cnn-bare", "rnn", "rnn-bare")
+EXTRA = {
+    "cnn-noaug": NO_AUGMENT,
+    "cnn-nodet": ["train.trainer.deterministic=false"],
+    "cnn-fast": FAST,
+    "cnn-compile": [*FAST, "train.trainer.compile=reduce-overhead"],
+}
+CASES = ("cnn", "cnn-noaug", "cnn-nodet", "cnn-fast", "cnn-compile", "cnn-bare", "rnn", "rnn-bare")
 
 
 def refuse_imports() -> None:
@@ -469,7 +478,7 @@ def pipeline_main(argv: list[str]) -> int:
             elif case == "rnn-bare":
                 rows.append(bare_rnn(base, series, device, same_precision("rnn")))
             else:
-                extra = {"cnn-noaug": NO_AUGMENT, "cnn-fast": FAST}.get(case, [])
+                extra = EXTRA.get(case, [])
                 settings = settings_with(args.params, sets + extra, args.cpu) if extra else base
                 data = images if case.startswith("cnn") else series
                 rows.append(pipeline_case(case, settings, data, device))
