@@ -1,8 +1,15 @@
-"""GPU check: train the CNN and the RNN for a few epochs on CUDA with synthetic data.
+"""GPU check: train the CNN and the RNN for a few epochs on CUDA with synthetic data, or
+(`--pipeline`) the pipeline's own training path on real data beside a bare loop.
 
     scripts/gpu_check.sh                     # on a machine with CUDA (exits 0 if there is none)
     scripts/gpu_check.sh --cpu               # tiny smoke version on the CPU
     PYTHONPATH=src python scripts/gpu_check.py [--epochs 5 ...]   # the same without the wrapper
+    scripts/gpu_check.sh --pipeline --mnist DIR [--series FILE.csv] [--set KEY=VALUE ...]
+    scripts/gpu_check.sh --export-series FILE.csv   # where the project is installed: the
+                                             # builtin series as a CSV to carry to the GPU box
+
+`--pipeline` (see `pipeline_main`) needs the same packages: it refuses to import MLflow,
+Prefect, DVC, Great Expectations and Opacus, so a pass here shows the GPU box needs none.
 
 Needs only torch and pytorch_lightning: bigdeep's models come from the installed package or,
 where bigdeep is not installed, from `src/` (the wrapper puts it on PYTHONPATH; no
@@ -106,6 +113,12 @@ def check(name: str, model: pl.LightningModule, data, args, device: str, precisi
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:
+        argv = sys.argv[1:]
+    if "--pipeline" in argv or "--export-series" in argv:
+        from gpu_pipeline import pipeline_main
+
+        return pipeline_main(argv)
     parser = argparse.ArgumentParser(description="Train the CNN and RNN briefly on CUDA.")
     parser.add_argument("--cpu", action="store_true", help="tiny smoke run on the CPU instead")
     parser.add_argument("--epochs", type=int, default=None, help="default 3 (CUDA), 1 (--cpu)")

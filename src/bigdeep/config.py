@@ -313,6 +313,16 @@ class Trainer(Strict):
     memory_mb: float = Field(4096, ge=0)  # larger image splits (as float32) stream from disk
     limit_train_batches: float | int = 1.0
     deterministic: bool = True
+    # GPU-first training (README "GPU training"): splits held on the training device
+    device_data: Literal["auto", "on", "off"] = "auto"
+    device_budget_fraction: float = Field(0.5, gt=0, le=0.9)  # of a GPU's memory
+    compile: Literal[False, "default", "reduce-overhead", "max-autotune"] = False
+
+    @field_validator("device_data", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, value: object) -> object:
+        # YAML reads a bare on / off as true / false
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
     @model_validator(mode="after")
     def _nodes_need_a_distributed_strategy(self) -> Trainer:

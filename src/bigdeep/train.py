@@ -147,6 +147,7 @@ def run_job(
             history,
             paths.checkpoints,
             extra=(job.privacy,) if job.privacy else (),  # train.privacy: Opacus, its accountant
+            precision=job.precision,
         )
         ckpt = str(paths.checkpoints / "last.ckpt") if previous else None
 
@@ -311,7 +312,12 @@ def _fit_as_peer(settings: Settings, job: Job, paths: Paths, fingerprint: str) -
     """
     previous = resumable(paths.checkpoints, fingerprint)
     trainer = make_trainer(
-        settings.train.trainer, job.epochs, job.patience, None, paths.checkpoints
+        settings.train.trainer,
+        job.epochs,
+        job.patience,
+        None,
+        paths.checkpoints,
+        precision=job.precision,
     )
     ckpt = str(paths.checkpoints / "last.ckpt") if previous else None
     trainer.fit(job.model, datamodule=job.datamodule, ckpt_path=ckpt, weights_only=True)

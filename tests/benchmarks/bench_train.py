@@ -93,11 +93,20 @@ def write_series_data(data_dir: Path, n: int) -> None:
     (data_dir / "meta.json").write_text(json.dumps(meta))
 
 
-def make_datamodule(case: Case, data_dir: Path, memory_mb: float = 4096) -> pl.LightningDataModule:
+def make_datamodule(
+    case: Case, data_dir: Path, memory_mb: float = 4096, device_data: str = "off"
+) -> pl.LightningDataModule:
     if case.kind == "cnn":
-        dm = ImageDataModule(data_dir / "images", batch_size=case.batch_size, memory_mb=memory_mb)
+        dm = ImageDataModule(
+            data_dir / "images",
+            batch_size=case.batch_size,
+            memory_mb=memory_mb,
+            device_data=device_data,
+        )
     else:
-        dm = SeriesDataModule(data_dir / "series", window=WINDOW, batch_size=case.batch_size)
+        dm = SeriesDataModule(
+            data_dir / "series", window=WINDOW, batch_size=case.batch_size, device_data=device_data
+        )
     dm.setup("fit")
     return dm
 
@@ -330,7 +339,11 @@ def run_lightning(
 def bench(case: Case, data_dir: Path, args: argparse.Namespace) -> dict[str, float]:
     dm = make_datamodule(case, data_dir)
     # --stream: Lightning reads the images from disk in blocks; the bare loop stays in memory
-    light_dm = make_datamodule(case, data_dir, memory_mb=0) if args.stream else dm
+    if args.stream or args.device_data != "off":
+        memory_mb = 0 if args.stream else 4096
+        light_dm = make_datamodule(case, data_dir, memory_mb, args.device_data)
+    else:
+        light_dm = dm
     n = args.samples * args.epochs
     store = None if args.no_mlflow else data_dir / "mlruns"
     run_bare(case, dm, 1, 0, args.variant)  # warm-up: allocator, kernels, lazy imports
@@ -426,6 +439,13 @@ def main(argv: list[str] | None = None) -> None:
         "train.trainer.memory_mb does); the bare loop keeps them in memory",
     )
     parser.add_argument(
+        "--device-data",
+        choices=["off", "on"],
+        default="off",
+        help="Lightning's data module with train.trainer.device_data (off: the DataLoader "
+        "path, as before issue 12; on: batches cut where the split lives, on the CPU here)",
+    )
+    parser.add_argument(
         "--phases",
         action="store_true",
         help="also print where a step's time goes (data, forward, backward, optimizer)",
@@ -449,6 +469,7 @@ def main(argv: list[str] | None = None) -> None:
         f"torch {torch.__version__}, lightning {pl.__version__}, 1 thread, variant {args.variant}, "
         f"{heap}, {'no logger' if args.no_mlflow else 'MLflow logger (SQLite)'}, "
         f"{'images streamed from disk, ' if args.stream else ''}"
+        f"device_data {args.device_data}, "
         f"{args.samples} samples x {args.epochs} epochs, {args.repeats} runs each"
     )
     print(

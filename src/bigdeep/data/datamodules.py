@@ -7,6 +7,15 @@ is tiny (ten million hourly rows are about 200 MB).
 
 Training choices that belong to the data: random affine augmentation of the train images
 and calendar inputs for the series (`bigdeep.data.transforms`).
+
+Device-resident data (`device_data`): when the trainer is attached, a split held in memory
+that fits `device_budget_fraction` of the training device's memory is moved there once
+(images as uint8) and the trainer's loaders cut batches there (`DeviceBatches`); images are
+converted and augmented on the device after the transfer (`on_after_batch_transfer`), with
+a random stream seeded per step. On the CPU the "device" is the host: the same code, no
+loader machinery. Other splits (streamed, over the budget, `off`, or differential privacy,
+which needs its own Poisson-sampled loader) take the DataLoader path. `eval_dataloader`
+always takes the DataLoader path: float32 batches on the host, in order.
 """
 
 from __future__ import annotations
@@ -24,9 +33,12 @@ from torch.utils.data import DataLoader
 from bigdeep.data.datasets import (
     AugmentedImages,
     Batched,
+    DeviceBatches,
     Images,
+    RawImages,
     StreamedImages,
     Windows,
+    shard_rows,
     stacked,
 )
 from bigdeep.data.prepared import (
@@ -37,20 +49,109 @@ from bigdeep.data.prepared import (
     read_series_parquet,
     split_file,
 )
-from bigdeep.data.transforms import Affine, as_nchw, calendar_features, pixel_stats
+from bigdeep.data.transforms import (
+    Affine,
+    as_nchw,
+    calendar_features,
+    pixel_stats,
+    random_affine,
+    step_generator,
+)
+
+DEVICE_DATA = ("auto", "on", "off")
 
 
 class SplitDataModule(pl.LightningDataModule):
     """One dataset per split (in memory or streamed) and the loaders over them; the loader
     plumbing shared by both data modules."""
 
-    def __init__(self, batch_size: int, num_workers: int, pin_memory: bool, seed: int) -> None:
+    def __init__(
+        self,
+        batch_size: int,
+        num_workers: int,
+        pin_memory: bool,
+        seed: int,
+        device_data: str = "off",
+        device_budget_fraction: float = 0.5,
+    ) -> None:
         super().__init__()
+        if device_data not in DEVICE_DATA or not 0 < device_budget_fraction <= 1:
+            raise ValueError(
+                f"device_data must be one of {DEVICE_DATA} and device_budget_fraction in "
+                f"(0, 1], got {device_data!r} and {device_budget_fraction}"
+            )
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.pin_memory = pin_memory
         self.seed = seed
+        self.device_data, self.device_budget_fraction = device_data, device_budget_fraction
         self._datasets: dict[str, Batched | StreamedImages] = {}
+        # "split@device:rank/world" -> this process's shard of the split, on the device
+        self._on_device: dict[str, Batched] = {}
+        self.on_device: list[str] = []  # the splits the trainer's loaders cut on the device
+
+    # --- device-resident splits ---
+
+    def _device_source(self, split: str) -> Batched | None:
+        """The split as it would live on the device (on the host still); None: it cannot."""
+        dataset = self._datasets.get(split)
+        return dataset if isinstance(dataset, Batched) else None
+
+    def _to_device(self, source: Batched, rows: np.ndarray, device: torch.device) -> Batched:
+        raise NotImplementedError
+
+    def _device_bytes(self, source: Batched, rows: np.ndarray) -> int:
+        raise NotImplementedError
+
+    def device_budget(self, device: torch.device) -> float:
+        """Bytes the device-resident splits may take on `device`: `device_budget_fraction`
+        of a GPU's memory; unbounded on the CPU, where they are the host copies already
+        held (`memory_mb` decides which splits are held)."""
+        if device.type == "cuda":
+            total = torch.cuda.get_device_properties(device).total_memory
+            return total * self.device_budget_fraction
+        return float("inf")
+
+    def _device_loader(self, split: str, shuffle: bool) -> DeviceBatches | None:
+        """The trainer's loader for a split held on its device; None: the DataLoader path."""
+        trainer = self.trainer
+        if self.device_data == "off" or trainer is None:
+            return None
+        device = trainer.strategy.root_device
+        key = f"{split}@{device}:{trainer.global_rank}/{trainer.world_size}"
+        if key not in self._on_device:
+            source = self._device_source(split)
+            need, rows = 0, np.arange(0)
+            if source is not None:
+                rows = shard_rows(len(source), trainer.global_rank, trainer.world_size)
+                need = self._device_bytes(source, rows)
+            used = sum(self._device_bytes(d, np.arange(len(d))) for d in self._on_device.values())
+            budget = self.device_budget(device)
+            if source is None or used + need > budget:
+                if self.device_data == "on":
+                    why = (
+                        "it is streamed from disk (over train.trainer.memory_mb)"
+                        if source is None
+                        else f"it needs {need / 2**20:,.0f} MiB on {device} beside "
+                        f"{used / 2**20:,.0f} MiB, over the budget of {budget / 2**20:,.0f} MiB"
+                    )
+                    raise ValueError(
+                        f"train.trainer.device_data is 'on' but the {split!r} split cannot be "
+                        f"held on the device: {why}. Fix: set device_data to auto (such a "
+                        "split is then streamed) or raise train.trainer.device_budget_fraction "
+                        "/ memory_mb"
+                    )
+                return None
+            self._on_device[key] = self._to_device(source, rows, device)
+            self.on_device += [split] if split not in self.on_device else []
+        return DeviceBatches(
+            self._on_device[key],
+            self.batch_size,
+            shuffle,
+            self.seed,
+            lambda: self.trainer.current_epoch if self.trainer is not None else 0,
+            device,
+        )
 
     def _loader(self, split: str, shuffle: bool, shard: bool = True) -> DataLoader:
         if split not in self._datasets:
@@ -80,17 +181,20 @@ class SplitDataModule(pl.LightningDataModule):
             persistent_workers=self.num_workers > 0,
         )
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> DataLoader | DeviceBatches:
+        on_device = self._device_loader("train", shuffle=True)
+        if on_device is not None:
+            return on_device
         train = self._datasets.get("train")
         if isinstance(train, AugmentedImages):
             train.restart()  # like the shuffling: the same stream for every loader
         return self._loader("train", shuffle=True)
 
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
+    def val_dataloader(self) -> DataLoader | DeviceBatches:
+        return self._device_loader("val", shuffle=False) or self._loader("val", shuffle=False)
 
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+    def test_dataloader(self) -> DataLoader | DeviceBatches:
+        return self._device_loader("test", shuffle=False) or self._loader("test", shuffle=False)
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)
@@ -130,8 +234,12 @@ class ImageDataModule(SplitDataModule):
         augment_scale: float = 0.1,
         memory_mb: float = 4096,
         block_mb: float = 256,
+        device_data: str = "off",
+        device_budget_fraction: float = 0.5,
     ) -> None:
-        super().__init__(batch_size, num_workers, pin_memory, seed)
+        super().__init__(
+            batch_size, num_workers, pin_memory, seed, device_data, device_budget_fraction
+        )
         if not (memory_mb >= 0 and block_mb > 0):
             raise ValueError(
                 f"memory_mb must be >= 0 and block_mb > 0, got {memory_mb}, {block_mb}"
@@ -146,6 +254,7 @@ class ImageDataModule(SplitDataModule):
         self.pixel_mean, self.pixel_std = 0.0, 1.0
         self.ids: dict[str, np.ndarray] = {}  # split -> sha256 of each image, in row order
         self.tensors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # never augmented
+        self._stored: dict[str, torch.Tensor] = {}  # split -> uint8 rows as stored, in memory
 
     @property
     def num_classes(self) -> int:
@@ -178,7 +287,8 @@ class ImageDataModule(SplitDataModule):
                 )
                 self.streamed.append(split)
                 continue
-            images = as_nchw(torch.from_numpy(np.array(x)))
+            self._stored[split] = torch.from_numpy(np.array(x))  # uint8 (N, H, W[, C])
+            images = as_nchw(self._stored[split])
             self.tensors[split] = (images, labels)  # (N, C, H, W), (N,)
             self.ids[split] = np.array(ids)
             if augment is not None:
@@ -186,6 +296,39 @@ class ImageDataModule(SplitDataModule):
             else:
                 self._datasets[split] = Images(images, labels)
         self.pixel_mean, self.pixel_std = pixel_stats(train_rows)
+
+    def _device_source(self, split: str) -> Batched | None:
+        if split not in self._stored:
+            return None  # streamed
+        return RawImages(self._stored[split], self.tensors[split][1])
+
+    def _to_device(self, source: Batched, rows: np.ndarray, device: torch.device) -> Batched:
+        assert isinstance(source, RawImages)
+        if len(rows) == len(source) and (rows == np.arange(len(rows))).all():
+            return RawImages(source.images.to(device), source.labels.to(device))
+        index = torch.from_numpy(rows)
+        return RawImages(source.images[index].to(device), source.labels[index].to(device))
+
+    def _device_bytes(self, source: Batched, rows: np.ndarray) -> int:
+        assert isinstance(source, RawImages)
+        per_row = source.images[0].numel() + 8  # uint8 pixels and an int64 label
+        return len(rows) * per_row
+
+    def on_after_batch_transfer(
+        self, batch: tuple[torch.Tensor, torch.Tensor], dataloader_idx: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A device-resident batch (uint8, as stored) -> float32 (B, C, H, W) in [0, 1], and
+        in training augmented where it lies, with a stream seeded by (seed, step, rank).
+        Batches from the DataLoader path arrive converted (and augmented) already."""
+        x, y = batch
+        if x.dtype != torch.uint8:
+            return batch
+        x = as_nchw(x)
+        trainer = self.trainer
+        if self.augment.active and trainer is not None and trainer.training:
+            stream = step_generator(self.seed, trainer.global_step, trainer.global_rank, x.device)
+            x = random_affine(x, self.augment, stream)
+        return x, y
 
 
 # --- series --------------------------------------------------------------------------------
@@ -230,8 +373,12 @@ class SeriesDataModule(SplitDataModule):
         seed: int = 42,
         calendar: Sequence[str] = ("hour", "weekday"),
         calendar_tz: str | None = None,
+        device_data: str = "off",
+        device_budget_fraction: float = 0.5,
     ) -> None:
-        super().__init__(batch_size, num_workers, pin_memory, seed)
+        super().__init__(
+            batch_size, num_workers, pin_memory, seed, device_data, device_budget_fraction
+        )
         if window < 1 or horizon < 1:
             raise ValueError(f"window and horizon must be >= 1, got {window} and {horizon}")
         calendar_features(pd.DatetimeIndex([], tz="UTC"), calendar, calendar_tz)  # names, zone
@@ -298,6 +445,14 @@ class SeriesDataModule(SplitDataModule):
         for split in SPLITS:
             self.rows[split] = _sample_rows(split_of_row, split, self.window, self.horizon)
             self._datasets[split] = Windows(inputs, self.rows[split], self.window, self.horizon)
+
+    def _to_device(self, source: Batched, rows: np.ndarray, device: torch.device) -> Batched:
+        assert isinstance(source, Windows)
+        return source.on(device, rows)
+
+    def _device_bytes(self, source: Batched, rows: np.ndarray) -> int:
+        assert isinstance(source, Windows)  # the whole series (each split's copy) and its rows
+        return source.values.numel() * source.values.element_size() + 8 * len(rows)
 
     def split_frame(self, split: str) -> SplitFrame:
         if split not in self.rows:

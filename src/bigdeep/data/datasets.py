@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import math
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +85,70 @@ class AugmentedImages(Images):
     def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = super().batch(idx)
         return random_affine(x, self.ranges, self._stream()), y
+
+
+class RawImages(Batched):
+    """Images kept as stored, uint8 (N, H, W[, C]), with int64 labels (N,), on any device:
+    a batch is cut there and converted (`as_nchw`, augmentation) after the transfer, by the
+    data module's `on_after_batch_transfer`. A quarter of float32's memory."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.images[idx], self.labels[idx]
+
+
+class DeviceBatches:
+    """A loader over a split held on the training device: batches cut there by index.
+
+    No worker, no collate, no copy per batch: each epoch is one seeded permutation on the
+    device (train; the split's order for val/test) sliced into index tensors, and
+    `dataset.batch` gathers each batch where the data lives. The permutation is a function
+    of (`seed`, `epoch()`) only, so a resumed fit continues the same sequence.
+
+    `dataset` holds this process's shard only (`shard_rows`): under DDP each process keeps
+    and shuffles its own rows, so no process holds the others' data.
+    """
+
+    def __init__(
+        self,
+        dataset: Batched,
+        batch_size: int,
+        shuffle: bool,
+        seed: int,
+        epoch: Callable[[], int],
+        device: torch.device,
+    ) -> None:
+        self.dataset, self.batch_size, self.shuffle = dataset, batch_size, shuffle
+        self.seed, self.epoch, self.device = seed, epoch, torch.device(device)
+
+    def __len__(self) -> int:
+        return -(-len(self.dataset) // self.batch_size)
+
+    def order(self, epoch: int) -> torch.Tensor:
+        """The epoch's sample order, an int64 tensor on the device."""
+        n = len(self.dataset)
+        if not self.shuffle:
+            return torch.arange(n, device=self.device)
+        generator = torch.Generator(device=self.device).manual_seed(self.seed * 1_009 + epoch)
+        return torch.randperm(n, generator=generator, device=self.device)
+
+    def __iter__(self):
+        order = self.order(self.epoch())
+        for i in range(0, len(order), self.batch_size):
+            yield self.dataset.batch(order[i : i + self.batch_size])
+
+
+def shard_rows(n: int, rank: int, world: int) -> np.ndarray:
+    """This process's rows of 0..n-1 under DDP: every world-th row from `rank`, the list
+    wrapped to a multiple of `world` (like torch's DistributedSampler: every process steps
+    equally often; up to world - 1 rows are seen twice). All rows when world is 1."""
+    total = -(-n // world) * world
+    return (np.arange(total) % n)[rank::world]
 
 
 class StreamedImages(IterableDataset):
@@ -199,6 +264,14 @@ class Windows(Batched):
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    def on(self, device: torch.device, samples: np.ndarray) -> Windows:
+        """The samples `samples` (indices into `rows`) with the whole series on `device`."""
+        mine = Windows(
+            self.values.to(device), self.rows.numpy()[samples], self.window, self.horizon
+        )
+        mine.rows = mine.rows.to(device)
+        return mine
 
     def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         t = self.rows[idx]  # (B,)

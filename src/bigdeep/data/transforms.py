@@ -52,12 +52,14 @@ def random_affine(x: torch.Tensor, ranges: Affine, generator: torch.Generator) -
     """Each image of (B, C, H, W) rotated, shifted and scaled at random about its centre.
 
     One `affine_grid` + `grid_sample` for the whole batch (bilinear, zeros outside), so the
-    cost is a fraction of a training step. Values stay in the input's range.
+    cost is a fraction of a training step. Values stay in the input's range. The parameters
+    are drawn on `generator`'s device: a generator on the batch's device (`step_generator`)
+    augments a batch already on a GPU without a host round trip.
     """
     n = x.shape[0]
 
-    def uniform(limit: float) -> torch.Tensor:  # (B,) in [-limit, limit]
-        return (torch.rand(n, generator=generator) * 2 - 1) * limit
+    def uniform(limit: float) -> torch.Tensor:  # (B,) in [-limit, limit], on the stream's device
+        return (torch.rand(n, generator=generator, device=generator.device) * 2 - 1) * limit
 
     angle = uniform(math.radians(ranges.rotate))
     zoom = 1 + uniform(ranges.scale)
@@ -66,8 +68,20 @@ def random_affine(x: torch.Tensor, ranges: Affine, generator: torch.Generator) -
     tx, ty = uniform(2 * ranges.shift), uniform(2 * ranges.shift)
     cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
     theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
+    theta = theta.to(x.device)  # a no-op when the stream is on the batch's device
     grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)  # (B, H, W, 2)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def step_generator(seed: int, step: int, rank: int, device: torch.device) -> torch.Generator:
+    """A random stream on `device` for one training step: a function of (seed, step, rank)
+    only, so a fit's augmentations are the same run to run and after a resume (the step
+    count is restored with the checkpoint), and DDP processes draw different ones.
+
+    Seeding a generator is a host-side operation: no device sync.
+    """
+    mixed = (seed * 1_000_003 + step * 7_919 + rank * 104_729 + 1) % (2**63 - 1)
+    return torch.Generator(device=device).manual_seed(mixed)
 
 
 def pixel_stats(x: np.ndarray, chunk_rows: int | None = None) -> tuple[float, float]:

@@ -126,7 +126,7 @@ class ImageClassifier(StagedModule):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Shared by train/val/test: (loss, predicted classes (B,), targets (B,))."""
         x, y = batch
-        logits = self(x)
+        logits = self.network()(x)
         # Smoothing in every stage, so train_loss and val_loss stay comparable.
         loss = F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing)
         return loss, logits.argmax(dim=1), y

@@ -58,6 +58,27 @@ class StagedModule(pl.LightningModule):
 
     epoch_means: EpochMeans
 
+    def use_compile(self, mode: str | bool) -> None:
+        """`train.trainer.compile`: False (eager) or a `torch.compile` mode (default |
+        reduce-overhead, which replays CUDA graphs on a GPU | max-autotune) for the train,
+        val and test steps. The compiled callable is kept outside the module's submodules:
+        checkpoints, resume and export (`export_module`, a copy of the eager `net`) see the
+        same weights under the same names as without it."""
+        self.__dict__["_compile_mode"] = mode
+        self.__dict__.pop("_compiled", None)
+
+    def network(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """What the steps call: `forward`, compiled (once, lazily) when `use_compile` says."""
+        mode = self.__dict__.get("_compile_mode", False)
+        if not mode:
+            return self
+        if "_compiled" not in self.__dict__:
+            self.__dict__["_compiled"] = torch.compile(self.forward, mode=mode)
+        return self.__dict__["_compiled"]
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in super().__getstate__().items() if k != "_compiled"}
+
     def step_metrics(self, preds: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 

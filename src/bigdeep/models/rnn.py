@@ -121,7 +121,7 @@ class SeriesForecaster(StagedModule):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Shared by train/val/test: (MSE loss, predictions (B, horizon), targets (B, horizon))."""
         x, y = batch
-        preds = self(x)
+        preds = self.network()(x)
         return F.mse_loss(preds, y), preds, y
 
     def step_metrics(self, preds: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -51,6 +51,9 @@ class Job:
     # test-split inputs (as the data module gives them) -> what the exported model takes
     served_inputs: Callable[[np.ndarray], np.ndarray] = lambda x: x
 
+    # the trainer's precision (train.trainer.precision, or measured when null); None: as set
+    precision: str | None = None
+
 
 @dataclass(frozen=True)
 class Fitted:

@@ -11,24 +11,51 @@ from typing import Any
 
 import numpy as np
 from torch import nn
+from torch.nn import functional as F
 
 from bigdeep import evaluate, explain
 from bigdeep.config import Settings
+from bigdeep.models.metrics import StagedModule
 from bigdeep.registry import Floor
 from bigdeep.training.core import Arrays, Job
-from bigdeep.training.plumbing import pin_memory_for
+from bigdeep.training.plumbing import fastest_precision, pin_memory_for, precision_for
 from bigdeep.training.privacy import private
 
 
 def _loader_args(settings: Settings, batch_size: int, seed: int | None) -> dict[str, Any]:
-    """What both data modules take from params.yaml for their loaders."""
+    """What both data modules take from params.yaml for their loaders. Differential privacy
+    keeps the DataLoader path: Opacus draws its own Poisson-sampled batches from it."""
     tcfg = settings.train.trainer
     return {
         "batch_size": batch_size,
         "num_workers": tcfg.num_workers,
         "pin_memory": pin_memory_for(tcfg),
         "seed": settings.seed if seed is None else seed,
+        "device_data": "off" if settings.train.privacy.enabled else tcfg.device_data,
+        "device_budget_fraction": tcfg.device_budget_fraction,
     }
+
+
+def _gpu_first(settings: Settings, dm, model: StagedModule, loss) -> tuple[str, dict[str, Any]]:
+    """Compile and precision for the job (README "GPU training"): (precision, params to log).
+
+    `train.trainer.compile` applies (not under differential privacy: Opacus hooks the eager
+    modules); `precision: null` is measured on a train batch (`fastest_precision`)."""
+    tcfg = settings.train.trainer
+    compile_mode = False if settings.train.privacy.enabled else tcfg.compile
+    model.use_compile(compile_mode)
+    precision, timings = precision_for(tcfg), {}
+    if tcfg.precision is None and precision == "bf16-mixed":  # a GPU that has bf16: measure
+        batch = next(iter(dm.eval_dataloader("train")))
+        precision, timings = fastest_precision(tcfg, model, batch, loss)
+    params: dict[str, Any] = {
+        "trainer.precision": precision,
+        "trainer.device_data": tcfg.device_data,
+        "trainer.compile": compile_mode,
+        "trainer.deterministic": tcfg.deterministic,
+    }
+    params |= {f"trainer.precision_ms.{k}": round(v, 3) for k, v in timings.items()}
+    return precision, params
 
 
 def cpu_copy(net: nn.Module) -> nn.Module:
@@ -72,6 +99,7 @@ def build_image_job(settings: Settings, data_dir: Path, seed: int | None = None)
         channels_last=cfg.channels_last,
     )
     classes = list(dm.classes)
+    precision, trainer_params = _gpu_first(settings, dm, model, F.cross_entropy)
 
     def predict() -> Arrays:
         y_true, y_pred = evaluate.predict_classes(model, dm.eval_dataloader("test"))
@@ -100,7 +128,8 @@ def build_image_job(settings: Settings, data_dir: Path, seed: int | None = None)
         # splits over train.trainer.memory_mb, read from disk in blocks (none: all in memory)
         | {"data.streamed": ",".join(dm.streamed) or "none"}
         # what a served model expects: (B, C, H, W) float32 in [0, 1]
-        | {"data.input_shape": "x".join(map(str, (dm.channels, *dm.image_size)))},
+        | {"data.input_shape": "x".join(map(str, (dm.channels, *dm.image_size)))}
+        | trainer_params,
         history_keys=("train_loss", "train_acc", "val_loss", "val_acc"),
         predict=predict,
         test_metrics=lambda p: evaluate.classifier_metrics(p["true"], p["pred"], classes),
@@ -113,6 +142,7 @@ def build_image_job(settings: Settings, data_dir: Path, seed: int | None = None)
         score=accuracy,
         floor=lambda m: Floor.majority_class(m["test_majority_rate"], reg.cnn_floor_margin),
         explain=explain_,
+        precision=precision,
     )
     return private(job, settings)  # the same job unless train.privacy is on
 
@@ -151,6 +181,7 @@ def build_series_job(settings: Settings, data_dir: Path, seed: int | None = None
         target_std=dm.scaler[dm.target]["std"],
     )
     unscale = dm.inverse_target
+    precision, trainer_params = _gpu_first(settings, dm, model, F.mse_loss)
 
     def write_report(arrays: Arrays, folder: Path) -> None:
         frame = dm.split_frame("test")  # test loader is unshuffled: same order as `arrays`
@@ -182,6 +213,7 @@ def build_series_job(settings: Settings, data_dir: Path, seed: int | None = None
             # what a served model expects: (B, window, F) in the source's units, these columns
             "rnn.input_columns": ",".join(dm.input_columns),
             "rnn.input_units": "source",
+            **trainer_params,
         },
         history_keys=("train_loss", "train_mae", "val_loss", "val_mae"),
         predict=lambda: evaluate.predict_series(
@@ -197,5 +229,6 @@ def build_series_job(settings: Settings, data_dir: Path, seed: int | None = None
         floor=lambda m: Floor.naive_forecast(m["test_naive_mae"], reg.rnn_floor_ratio),
         explain=explain_,
         served_inputs=dm.unscale_inputs,  # the served model takes windows in source units
+        precision=precision,
     )
     return private(job, settings)  # the same job unless train.privacy is on
