@@ -1,13 +1,19 @@
-"""End-to-end fixtures: a real git + DVC project in tmp_path, a real Prefect test server."""
+"""End-to-end fixtures: a real git + DVC project in tmp_path, a real Prefect test server,
+a fresh PostgreSQL database, a real S3-compatible server."""
 
 from __future__ import annotations
 
+import os
+import uuid
 from pathlib import Path
 
 import pytest
 import yaml
 
 from tests.e2e.helpers import SMALL, deep_update, make_project
+from tests.e2e.s3server import S3Server
+
+POSTGRES = os.environ.get("BIGDEEP_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
 @pytest.fixture(scope="session")
@@ -30,3 +36,33 @@ def project_factory(tmp_path, mlflow_uri, prefect_server):
         )
 
     return factory
+
+
+@pytest.fixture
+def postgres_url():
+    """A fresh, uniquely named database prefix on the local PostgreSQL; dropped after."""
+    import psycopg2
+
+    name = f"bigdeep_test_{uuid.uuid4().hex[:8]}"
+    base = POSTGRES.rsplit("/", 1)[0]
+    yield f"{base}/{name}"
+    conn = psycopg2.connect(POSTGRES)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        for suffix in ("mlflow", "prefect"):
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}_{suffix}" WITH (FORCE)')
+    conn.close()
+
+
+@pytest.fixture
+def s3_server(monkeypatch):
+    """moto's S3 on 127.0.0.1 with an empty bucket `bigdeep`; its keys and endpoint are in the
+    environment of this process and of everything it starts (never in a file)."""
+    server = S3Server().start()
+    for key, value in server.env().items():
+        monkeypatch.setenv(key, value)
+    server.create_bucket()
+    try:
+        yield server
+    finally:
+        server.stop()
