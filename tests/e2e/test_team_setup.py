@@ -87,7 +87,7 @@ def test_team_setup_runs_on_postgres_and_s3_survives_a_store_outage_and_restores
         assert dvc_dir_md5(clone / "data" / "raw" / "images") == md5
 
         # the model's artifacts are in S3 (the server proxied them) and load from there
-        location = client.get_logged_model(champion.model_id).artifact_location
+        location = client.get_model_version_download_uri("bigdeep-cnn", champion.version)
         assert location.startswith("mlflow-artifacts:/"), location
         s3_uri = "s3://bigdeep/mlflow/" + location.removeprefix("mlflow-artifacts:/").lstrip("/")
         prefix = s3_uri.removeprefix("s3://bigdeep/")
