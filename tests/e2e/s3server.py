@@ -1,7 +1,8 @@
 """A real S3-compatible server for the tests: moto's S3 on 127.0.0.1, in this process.
 
 `stop()` closes the port (clients get "connection refused", as from a store that went down)
-and `start()` opens it again with every object kept, as a real store that restarts.
+and `start()` opens it again with every object kept, as a real store that restarts (moto keeps
+them per process: a new S3Server starts from an empty store).
 `stop_after_puts(prefix, n)` stops it right after the n-th object written under `prefix`:
 a fault in the middle of an upload, at a known point.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import urllib.request
 
 from bigdeep.servers import HOST, free_port
 
@@ -31,6 +33,7 @@ class S3Server:
         self._thread: threading.Thread | None = None
         self._stop_after: tuple[str, int] | None = None
         self._lock = threading.Lock()
+        self._fresh = True
 
     def env(self) -> dict[str, str]:
         """What a client (DVC, boto3, the MLflow server) needs: keys and endpoint, no file."""
@@ -52,6 +55,10 @@ class S3Server:
         self.stopped.clear()
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
+        if self._fresh:  # moto keeps its objects per process: a new server starts empty
+            self._fresh = False
+            request = urllib.request.Request(f"{self.endpoint}/moto-api/reset", method="POST")
+            urllib.request.urlopen(request, timeout=30).close()
         return self
 
     def stop(self) -> None:
