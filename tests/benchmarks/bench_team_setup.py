@@ -60,7 +60,8 @@ def _case(name: str, root: Path, env: dict[str, str], datasets: list[str], team:
         ]
         clone = root / f"{name}-clone"
         run(["git", "clone", "-q", str(project), str(clone)], root)
-        # a folder remote (../.dvc-remote) is the same folder for the clone beside the project
+        if not team:  # the folder remote lies inside the project (.dvc-remote): share it
+            shutil.copytree(project / ".dvc-remote", clone / ".dvc-remote")
         restore = [
             *bigdeep,
             "restore",
