@@ -40,6 +40,7 @@ from bigdeep.errors import (
     describe,
     printable,
 )
+from bigdeep.remote import mark_push, push_failed, push_pending
 from flows.summary import DatasetSummary, report_notes, summary_text
 from flows.uptodate import dvc_changes, stage_names
 
@@ -196,10 +197,15 @@ def push_data(project_dir: str) -> str:
         get_run_logger().warning("no DVC remote configured: data not pushed")
         return "no remote"
     proc = _dvc(Path(project_dir), "push")
+    mark_push(Path(project_dir), proc.returncode == 0)
     if proc.returncode != 0:
         output = proc.stdout + proc.stderr
         _log_stage_output("dvc push", output)
-        raise stage_failure("dvc push", None, StageRun("dvc push", True, proc.returncode, output))
+        failure = stage_failure(
+            "dvc push", None, StageRun("dvc push", True, proc.returncode, output)
+        )
+        # which remote, why, what to do; a lock or a 5xx is retried by Prefect
+        raise push_failed(Path(project_dir), output, transient=failure.transient)
     return proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
 
 
@@ -336,7 +342,10 @@ def _pipeline(project: str, datasets: list[str] | None, overrides: dict[str, str
             _run_dataset(project, s, set(up_to_date))
         except StageFailed as e:
             _record(project, s, e, failures)
-    if any(s.model and "ran" in s.stages.values() for s in summaries):  # something new to push
+    # something new to push, or the last run's push failed (the object store was down)
+    if any(s.model and "ran" in s.stages.values() for s in summaries) or push_pending(
+        Path(project)
+    ):
         try:
             push_data(project)
         except StageFailed as e:

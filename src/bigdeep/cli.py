@@ -226,10 +226,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         user_url = os.environ.get("PREFECT_API_URL")
         _use_servers(Path(args.project) / ".bigdeep" / "servers")
         _print_store(_settings(args), Path(args.project) / ".bigdeep" / "servers")
+        from bigdeep.remote import push_pending
         from flows.uptodate import report_if_current  # flows/ is installed with bigdeep
 
-        if not overrides and report_if_current(project, args.datasets):
-            return 0  # nothing would run: no Prefect server, no flow run
+        # nothing would run: no Prefect server, no flow run (unless the last push failed)
+        if (
+            not overrides
+            and not push_pending(project)
+            and report_if_current(project, args.datasets)
+        ):
+            return 0
         log = _run_log(project)
         print(orchestration.connect(user_url), flush=True)  # PrefectUnavailable: one paragraph
         from flows.pipeline import pipeline
@@ -417,33 +423,42 @@ def cmd_restore(args: argparse.Namespace) -> int:
     info = _lineage(args)
     from dvc.repo import Repo
 
+    from bigdeep.remote import fetch
+
     with Repo(".") as repo:  # the workspace cache first, then every local remote
         cache = Path(repo.cache.local.path).parents[1]
         stores = [cache]
         stores += [Path(r["url"]) for r in repo.config["remote"].values() if "://" not in r["url"]]
-    for key, md5 in info["data"].items():
-        dataset, _, field = key.partition(".")
-        if field != "md5":
-            continue
-        if md5.startswith("unversioned:"):
-            raise FileNotFoundError(
-                f"{args.ref}: its {dataset} data was not versioned by DVC ({md5})"
-            )
-        dest = Path(info["data"][f"{dataset}.path"])
-        try:
-            restored = restore_dir(md5, dest, stores, repair=cache)
-        except RestoreError as e:
-            print(f"bigdeep restore: {args.ref}: {dataset} data: {e}", file=sys.stderr)
-            return EXIT_FAILED
-        if restored.fallbacks:  # a damaged cache: say what came from where
-            print(f"{dataset}: {len(restored.fallbacks)} corrupt object(s), intact copies used:")
-            for line in restored.fallbacks[:5]:
-                print(f"  {line}")
-            if len(restored.fallbacks) > 5:
-                print(f"  ... and {len(restored.fallbacks) - 5} more")
-            if restored.repaired:
-                print(f"  repaired {restored.repaired} object(s) in the cache {cache}")
-        print(f"restored {dataset} {md5} -> {dest}")
+        for key, md5 in info["data"].items():
+            dataset, _, field = key.partition(".")
+            if field != "md5":
+                continue
+            if md5.startswith("unversioned:"):
+                raise FileNotFoundError(
+                    f"{args.ref}: its {dataset} data was not versioned by DVC ({md5})"
+                )
+            # an object store remote (S3, MinIO): what the cache lacks comes into it first
+            problem = fetch(repo, md5)
+            if problem:
+                print(f"bigdeep restore: {args.ref}: {dataset} data: {problem}", file=sys.stderr)
+                return EXIT_FAILED
+            dest = Path(info["data"][f"{dataset}.path"])
+            try:
+                restored = restore_dir(md5, dest, stores, repair=cache)
+            except RestoreError as e:
+                print(f"bigdeep restore: {args.ref}: {dataset} data: {e}", file=sys.stderr)
+                return EXIT_FAILED
+            if restored.fallbacks:  # a damaged cache: say what came from where
+                print(
+                    f"{dataset}: {len(restored.fallbacks)} corrupt object(s), intact copies used:"
+                )
+                for line in restored.fallbacks[:5]:
+                    print(f"  {line}")
+                if len(restored.fallbacks) > 5:
+                    print(f"  ... and {len(restored.fallbacks) - 5} more")
+                if restored.repaired:
+                    print(f"  repaired {restored.repaired} object(s) in the cache {cache}")
+            print(f"restored {dataset} {md5} -> {dest}")
     return 0
 
 

@@ -19,6 +19,14 @@ QUIET_ENV = {
     "MPLBACKEND": "Agg",
 }
 
+# An object store (S3, MinIO) that is down is noticed in seconds, not after botocore's and
+# s3fs's retries have slept for half a minute: DVC (dvc-s3) and MLflow (boto3) both read these.
+# Always a default: a value the user set wins, even in tests and servers.
+FAIL_FAST_ENV = {
+    "AWS_MAX_ATTEMPTS": "3",
+    "AWS_RETRY_MODE": "standard",
+}
+
 
 def apply_quiet_env(
     env: MutableMapping[str, str] | None = None, override: bool = False
@@ -33,4 +41,6 @@ def apply_quiet_env(
             env[key] = value
         else:
             env.setdefault(key, value)
+    for key, value in FAIL_FAST_ENV.items():
+        env.setdefault(key, value)
     return env

@@ -1,6 +1,7 @@
 """Local Prefect and MLflow servers for scheduled runs and the UIs: up, status, down.
 
     bigdeep servers up [--postgres postgresql://user@127.0.0.1:5432/bigdeep] [--timeout 120]
+    bigdeep servers up --postgres URL --artifacts s3://bucket/prefix    # the team setup
     bigdeep servers status
     bigdeep servers down
 
@@ -8,8 +9,11 @@ Both bind to 127.0.0.1. PIDs, ports and logs live in a state folder (default .bi
 MLflow serves the project's own store (params.yaml `mlflow`: the one local runs write) unless
 given another; Prefect keeps SQLite in the state folder. Given a PostgreSQL URL, both use
 databases on that server (<name>_mlflow and <name>_prefect: each tool migrates its own
-schema), created if missing. `up` starts only what is not answering. Each server runs in its
-own process group, so `down` stops it and every worker it forked, and checks none is left.
+schema), created if missing. Given an s3:// artifacts URL, MLflow proxies every artifact to the
+object store with the keys in the environment of `servers up` (AWS_ACCESS_KEY_ID, ...,
+AWS_ENDPOINT_URL): clients need none. `up` starts only what is not answering. Each server
+runs in its own process group, so `down` stops it and every worker it forked, and checks none
+is left.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""End-to-end fixtures: a real git + DVC project in tmp_path, a real Prefect test server."""
+"""End-to-end fixtures: a real git + DVC project in tmp_path, a real Prefect test server,
+a fresh PostgreSQL database, a real S3-compatible server."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,9 @@ import yaml
 
 from bigdeep.servers import free_port, healthy
 from tests.e2e.helpers import SMALL, deep_update, make_project
+from tests.e2e.s3server import S3Server
+
+POSTGRES = os.environ.get("BIGDEEP_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
 @pytest.fixture(scope="session")
@@ -68,3 +73,33 @@ def prefect_api(tmp_path):
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+@pytest.fixture
+def postgres_url():
+    """A fresh, uniquely named database prefix on the local PostgreSQL; dropped after."""
+    import psycopg2
+
+    name = f"bigdeep_test_{uuid.uuid4().hex[:8]}"
+    base = POSTGRES.rsplit("/", 1)[0]
+    yield f"{base}/{name}"
+    conn = psycopg2.connect(POSTGRES)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        for suffix in ("mlflow", "prefect"):
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}_{suffix}" WITH (FORCE)')
+    conn.close()
+
+
+@pytest.fixture
+def s3_server(monkeypatch):
+    """moto's S3 on 127.0.0.1 with an empty bucket `bigdeep`; its keys and endpoint are in the
+    environment of this process and of everything it starts (never in a file)."""
+    server = S3Server().start()
+    for key, value in server.env().items():
+        monkeypatch.setenv(key, value)
+    server.create_bucket()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -18,26 +17,9 @@ from tests.e2e.helpers import lock_md5, make_project
 
 pytestmark = pytest.mark.e2e
 
-POSTGRES = os.environ.get("BIGDEEP_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 DEPLOYMENT = "bigdeep-pipeline/scheduled"
 # the images half of the pipeline is enough to exercise the registry; it keeps the test short
 SERVED = {"data": {"images": {"per_class": 30}}, "train": {"cnn": {"epochs": 3, "batch_size": 32}}}
-
-
-@pytest.fixture
-def postgres_url():
-    """A fresh, uniquely named database prefix on the local PostgreSQL; dropped after."""
-    import psycopg2
-
-    name = f"bigdeep_test_{uuid.uuid4().hex[:8]}"
-    base = POSTGRES.rsplit("/", 1)[0]
-    yield f"{base}/{name}"
-    conn = psycopg2.connect(POSTGRES)
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        for suffix in ("mlflow", "prefect"):
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}_{suffix}" WITH (FORCE)')
-    conn.close()
 
 
 @pytest.fixture

@@ -1,0 +1,101 @@
+"""A DVC remote on a real S3 server (moto on 127.0.0.1): a fresh clone's cache is filled from it
+for `restore`, and a push to a stopped store fails in seconds as one paragraph naming the
+remote; once the store is back, the push completes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bigdeep.registry import dvc_dir_md5, restore_dir
+from bigdeep.remote import fetch, push_failed
+from tests.e2e.s3server import S3Server
+
+pytestmark = pytest.mark.slow
+
+
+def sh(*cmd: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+
+
+def dvc(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return sh(sys.executable, "-m", "dvc", *args, cwd=cwd)
+
+
+@pytest.fixture
+def repo(tmp_path, monkeypatch):
+    """A git + DVC repo whose default remote is s3://bigdeep/data, with 40 files under d/."""
+    server = S3Server().start()
+    for key, value in server.env().items():
+        monkeypatch.setenv(key, value)
+    server.create_bucket()
+    path = tmp_path / "repo"
+    path.mkdir()
+    sh("git", "init", "-q", cwd=path)
+    assert dvc("init", "-q", cwd=path).returncode == 0
+    (path / "d").mkdir()
+    for i in range(40):
+        (path / "d" / f"f{i:02}.bin").write_bytes(os.urandom(64) + bytes([i]))
+    assert dvc("add", "-q", "d", cwd=path).returncode == 0
+    assert dvc("remote", "add", "-d", "team", "s3://bigdeep/data", cwd=path).returncode == 0
+    sh("git", "add", "-A", cwd=path)
+    sh("git", "-c", "user.name=t", "-c", "user.email=t@x.invalid", "commit", "-qm", "d", cwd=path)
+    try:
+        yield path, server
+    finally:
+        server.stop()
+
+
+def test_a_fresh_clone_restores_a_data_version_from_the_s3_remote(repo, tmp_path):
+    from dvc.repo import Repo
+
+    path, server = repo
+    assert dvc("push", cwd=path).returncode == 0
+    md5 = dvc_dir_md5(path / "d")
+    assert len(server.keys("data/files/md5/")) == 41  # 40 files and the .dir manifest
+    clone = tmp_path / "clone"
+    sh("git", "clone", "-q", str(path), str(clone), cwd=tmp_path)
+    with Repo(str(clone)) as r:
+        cache = Path(r.cache.local.path).parents[1]
+        assert fetch(r, md5) is None
+        restore_dir(md5, clone / "d", [cache])
+    assert dvc_dir_md5(clone / "d") == md5
+    assert (clone / "d" / "f07.bin").read_bytes() == (path / "d" / "f07.bin").read_bytes()
+
+    server.stop()
+    with Repo(str(clone)) as r:
+        for obj in Path(r.cache.local.path).rglob("*"):
+            if obj.is_file():
+                obj.unlink()
+        problem = fetch(r, md5)
+    assert problem.startswith(f"reading {md5} from the DVC remote 'team' (s3://bigdeep/data)")
+    assert "Could not connect to the endpoint URL" in problem
+
+
+def test_a_push_to_a_stopped_store_fails_in_seconds_naming_the_remote_and_a_rerun_completes(repo):
+    path, server = repo
+    server.stop_after_puts("data/", 5)  # the store goes down in the middle of the upload
+    started = time.monotonic()
+    failed = dvc("push", cwd=path)
+    took = time.monotonic() - started
+    assert failed.returncode != 0 and server.stopped.is_set()
+    assert took < 60, (
+        f"a stopped store took {took:.0f} s to notice"
+    )  # ~5 s quiet, retries kept short
+    error = str(push_failed(path, failed.stdout + failed.stderr))
+    assert error.startswith(
+        f"the DVC remote 'team' (s3://bigdeep/data via {server.endpoint}) did not take the data: "
+    )
+    assert "Could not connect to the endpoint URL" in error
+    assert "the object store is not answering: start it" in error
+
+    server.start()  # back, with what it had: some objects, not the .dir (DVC sends it last)
+    sent = server.keys("data/")
+    assert 5 <= len(sent) < 41 and not any(key.endswith(".dir") for key in sent)
+    assert dvc("push", cwd=path).returncode == 0
+    assert len(server.keys("data/files/md5/")) == 41
