@@ -61,9 +61,8 @@ def project(tmp_path_factory) -> Project:
     import mlflow
 
     from bigdeep.data.sources import read_series
-    from bigdeep.ingest import ingest_images, ingest_series
-    from bigdeep.prepare import prepare_images, prepare_series
-    from bigdeep.train import Paths, train_cnn, train_rnn
+    from bigdeep.train import train_cnn, train_rnn
+    from tests.integration.helpers import prepared_images, prepared_series, run_paths
 
     root = tmp_path_factory.mktemp("served")
     uri = f"sqlite:///{root / 'mlflow.db'}"
@@ -75,32 +74,16 @@ def project(tmp_path_factory) -> Project:
     os.environ["MLFLOW_TRACKING_URI"] = uri
     mlflow.set_tracking_uri(uri)
     try:
-        for name, dataset, ingest, train in (
-            ("cnn", "images", ingest_images, train_cnn),
-            ("rnn", "series", ingest_series, train_rnn),
-        ):
-            raw, q, data = root / f"raw_{dataset}", root / f"q_{dataset}", root / dataset
-            ingest(settings, raw)
-            q.mkdir()
-            if dataset == "images":
-                prepare_images(
-                    raw, q, data, settings.prepare.images, settings.quality.images.classes, 42
-                )
-            else:
-                prepare_series(raw, q, data, settings.data.series, settings.prepare.series)
-            out = root / name
-            train(
-                settings,
-                Paths(data, out / "model", out / "m.json", out / "plots", out / "ckpt", None,
-                      root / "dvc.lock"),
-            )  # fmt: skip
+        images = prepared_images(settings, root / "images")
+        train_cnn(settings, run_paths(root / "cnn", images))
+        train_rnn(settings, run_paths(root / "rnn", prepared_series(settings, root / "series")))
     finally:
         if saved is None:
             os.environ.pop("MLFLOW_TRACKING_URI", None)
         else:
             os.environ["MLFLOW_TRACKING_URI"] = saved
     series = read_series(settings.data.series)
-    return Project(root, params, uri, root / "images", series, settings)
+    return Project(root, params, uri, images, series, settings)
 
 
 @contextmanager
