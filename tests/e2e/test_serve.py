@@ -58,11 +58,9 @@ def cli(*args: str) -> list[str]:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Project:
     """A tiny CNN and RNN trained and registered in a real MLflow store (SQLite) in tmp."""
-    import mlflow
-
     from bigdeep.data.sources import read_series
     from bigdeep.train import train_cnn, train_rnn
-    from tests.integration.helpers import prepared_images, prepared_series, run_paths
+    from tests.integration.helpers import prepared_images, prepared_series, run_paths, tracking
 
     root = tmp_path_factory.mktemp("served")
     uri = f"sqlite:///{root / 'mlflow.db'}"
@@ -70,18 +68,10 @@ def project(tmp_path_factory) -> Project:
     settings = Settings.model_validate({**TRAINED, **store})
     params = root / "params.yaml"
     params.write_text(yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False))
-    saved = os.environ.get("MLFLOW_TRACKING_URI")
-    os.environ["MLFLOW_TRACKING_URI"] = uri
-    mlflow.set_tracking_uri(uri)
-    try:
+    with tracking(uri):
         images = prepared_images(settings, root / "images")
         train_cnn(settings, run_paths(root / "cnn", images))
         train_rnn(settings, run_paths(root / "rnn", prepared_series(settings, root / "series")))
-    finally:
-        if saved is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = saved
     series = read_series(settings.data.series)
     return Project(root, params, uri, images, series, settings)
 

@@ -3,7 +3,9 @@ a folder, a train stage's paths under one folder, and a fit as the pipeline fits
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from bigdeep.config import Settings
@@ -47,6 +49,25 @@ def run_paths(base: Path, data: Path) -> Paths:
         checkpoints=base / "ckpt",
         lock=base / "dvc.lock",
     )
+
+
+@contextmanager
+def tracking(uri: str) -> Iterator[None]:
+    """MLflow's store is `uri` inside the block (the variable too, for subprocesses), for a
+    fixture wider than a test (the `mlflow_uri` fixture is per test); as it was after."""
+    import mlflow
+
+    saved, before = os.environ.get("MLFLOW_TRACKING_URI"), mlflow.get_tracking_uri()
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = saved
+        mlflow.set_tracking_uri(before)
 
 
 def fit(

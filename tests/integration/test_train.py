@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from bigdeep.config import Settings
 from bigdeep.train import train_cnn
-from tests.integration.helpers import fit, prepared_images, run_paths
+from tests.integration.helpers import fit, prepared_images, run_paths, tracking
 
 TINY = {
     "data": {"images": {"per_class": 8}},
@@ -87,16 +87,27 @@ def test_same_data_params_seed_give_identical_metrics(images, tmp_path, mlflow_u
     assert tags["bigdeep.data.identity"] == "mnist"
 
 
-def test_evaluation_artifacts(images, tmp_path, mlflow_uri):
-    p = run_paths(tmp_path / "a", images)
-    result = train_cnn(Settings.model_validate(TINY), p)
+@pytest.fixture(scope="module")
+def trained(images, tmp_path_factory):
+    """TINY trained once by the stage into its own MLflow store, for the tests that only read
+    it: (result, paths, client)."""
+    root = tmp_path_factory.mktemp("trained")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    p = run_paths(root, images)
+    with tracking(uri):
+        result = train_cnn(Settings.model_validate(TINY), p)
+    return result, p, MlflowClient(uri)
+
+
+def test_evaluation_artifacts(trained):
+    result, p, client = trained
     confusion = (p.plots / "confusion.csv").read_text().splitlines()
     assert confusion[0] == "actual,predicted" and len(confusion) - 1 == 20  # one row per test image
     correct = sum(a == b for a, b in (line.split(",") for line in confusion[1:]))
     assert correct / 20 == pytest.approx(result.metrics["test_acc"])
     history = (p.plots / "history.csv").read_text().splitlines()
     assert history[0].split(",")[:2] == ["epoch", "train_acc"] and len(history) == 3  # 2 epochs
-    artifacts = {a.path for a in MlflowClient(mlflow_uri).list_artifacts(result.run_id, "plots")}
+    artifacts = {a.path for a in client.list_artifacts(result.run_id, "plots")}
     assert {
         "plots/confusion_matrix.png",
         "plots/learning_curve.png",
@@ -110,15 +121,17 @@ def test_evaluation_artifacts(images, tmp_path, mlflow_uri):
     assert run["registry"]["alias"] == ("champion" if above else None)
 
 
-def test_a_split_over_the_memory_limit_trains_streamed_and_says_so(images, tmp_path, mlflow_uri):
-    loaded = train_cnn(Settings.model_validate(TINY), run_paths(tmp_path / "loaded", images))
+def test_a_split_over_the_memory_limit_trains_streamed_and_says_so(
+    trained, images, tmp_path, mlflow_uri
+):
+    loaded, _, loaded_client = trained
     streamed_settings = yaml.safe_load(yaml.safe_dump(TINY))
     streamed_settings["train"]["trainer"] = {"memory_mb": 0}  # every split streams from disk
     streamed = train_cnn(
         Settings.model_validate(streamed_settings), run_paths(tmp_path / "streamed", images)
     )
     client = MlflowClient(mlflow_uri)
-    assert client.get_run(loaded.run_id).data.params["data.streamed"] == "none"
+    assert loaded_client.get_run(loaded.run_id).data.params["data.streamed"] == "none"
     assert client.get_run(streamed.run_id).data.params["data.streamed"] == "train,val,test"
     # the same number of optimiser steps, and a test set read in full (20 images)
     assert streamed.metrics["trained_steps"] == loaded.metrics["trained_steps"]
