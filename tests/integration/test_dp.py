@@ -5,7 +5,6 @@ DP fit counts the epsilon of the steps before the break."""
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import subprocess
@@ -48,20 +47,6 @@ def settings(base: dict, **privacy) -> Settings:
     raw = json.loads(json.dumps(base))
     raw["train"]["privacy"].update(privacy)
     return Settings.model_validate(raw)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _each_budget_planned_once():
-    """`privacy.plan` is pure, and its noise search takes ~30 s on a busy 2-core machine: a
-    budget planned again in this module (the same epsilon, model, epochs and data: the CNN
-    test builds its job twice, the resumed test fits three times) gets the plan computed the
-    first time. Every plan is still computed by the real search; the CLI test's subprocess
-    plans for itself."""
-    from bigdeep.training import privacy
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(privacy, "plan", functools.lru_cache(privacy.plan))
-        yield
 
 
 @pytest.fixture(scope="module")
