@@ -14,6 +14,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,8 +57,10 @@ def cli(*args: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory) -> Project:
-    """A tiny CNN and RNN trained and registered in a real MLflow store (SQLite) in tmp."""
+def project(tmp_path_factory) -> Iterator[Project]:
+    """A tiny CNN and RNN trained and registered in a real MLflow store (SQLite) in tmp; the
+    module's in-process MLflow reads that store (`models:/` URIs), its subprocesses
+    params.yaml's."""
     from bigdeep.data.sources import read_series
     from bigdeep.train import train_cnn, train_rnn
     from tests.integration.helpers import prepared_images, prepared_series, run_paths, tracking
@@ -72,8 +75,8 @@ def project(tmp_path_factory) -> Project:
         images = prepared_images(settings, root / "images")
         train_cnn(settings, run_paths(root / "cnn", images))
         train_rnn(settings, run_paths(root / "rnn", prepared_series(settings, root / "series")))
-    series = read_series(settings.data.series)
-    return Project(root, params, uri, images, series, settings)
+        series = read_series(settings.data.series)
+        yield Project(root, params, uri, images, series, settings)
 
 
 @contextmanager
