@@ -50,9 +50,12 @@ run: setup
 	@test -d .dvc || $(BIN)/dvc init -q
 	$(BIN)/bigdeep run
 
-# Everything: tests/unit, tests/integration and tests/e2e (pyproject.toml's testpaths).
+# Everything: tests/unit, tests/integration and tests/e2e (pyproject.toml's testpaths), two
+# at a time (pytest-xdist): each test file on one worker (its module fixtures built once), the
+# e2e files handed out first (tests/conftest.py). `make test TEST_WORKERS=0`: one at a time.
+TEST_WORKERS ?= 2
 test: setup browser
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 # The edit loop: tests/unit only (in-process, tiny data), without the tests marked slow;
 # stops at the first failure.

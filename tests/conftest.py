@@ -1,6 +1,9 @@
-"""Shared test setup: quiet, offline, one torch thread, every store in tmp_path."""
+"""Shared test setup: quiet, offline, one torch thread, every store in tmp_path; under
+pytest-xdist (`make test`: -n 2 --dist loadfile) the long files first."""
 
 from __future__ import annotations
+
+import os
 
 import pytest
 
@@ -26,3 +29,21 @@ def mlflow_uri(tmp_path, monkeypatch) -> str:
     # mlflow.set_tracking_uri() from an earlier test would win over the variable in-process
     mlflow.set_tracking_uri(uri)
     return uri
+
+
+# Under xdist the e2e tier is handed out first, the many short unit files last to fill the
+# workers' ends (`make test` keeps this order: --no-loadscope-reorder).
+TIERS = ("tests/e2e/", "tests/integration/", "tests/unit/")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """On an xdist worker: the tiers in the order above (a stable sort: a file's tests stay
+    together and in order; --dist loadfile keeps each file on one worker, so a module fixture,
+    a trained model or a served project, is built once)."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return
+
+    def tier(item: pytest.Item) -> int:
+        return next((i for i, t in enumerate(TIERS) if item.nodeid.startswith(t)), len(TIERS))
+
+    items.sort(key=tier)

@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import tempfile
 import time
 import warnings
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def main() -> None:
@@ -33,12 +36,10 @@ def main() -> None:
 
     import yaml
 
+    sys.path.insert(0, str(ROOT))  # tests.integration.helpers, run as a script
     from bigdeep.config import Settings, load_settings
-    from bigdeep.ingest import ingest_images
-    from bigdeep.prepare import prepare_images
-    from bigdeep.training.core import fit_and_test
     from bigdeep.training.jobs import build_image_job
-    from bigdeep.training.plumbing import configure_torch, make_trainer
+    from tests.integration.helpers import fit, prepared_images
 
     raw = load_settings(args.params).model_dump()
     for pair in args.set:  # KEY=VALUE, the value read as YAML
@@ -50,29 +51,15 @@ def main() -> None:
         node[last] = yaml.safe_load(value)
     base = Settings.model_validate(raw)
     tmp = Path(tempfile.mkdtemp(prefix="bench_dp-"))
-    ingest_images(base, tmp / "raw")
-    (tmp / "q").mkdir()
-    prepare_images(
-        tmp / "raw",
-        tmp / "q",
-        tmp / "data",
-        base.prepare.images,
-        base.quality.images.classes,
-        base.seed,
-    )
+    data = prepared_images(base, tmp)
     rows = []
     for eps in [None, *args.epsilons]:
         privacy = {"enabled": eps is not None, "epsilon": eps or 3.0}
         raw = base.model_dump()
         raw["train"]["privacy"].update(privacy)
-        s = Settings.model_validate(raw)
-        configure_torch(s.train.trainer, s.seed)
-        job = build_image_job(s, tmp / "data")
-        extra = (job.privacy,) if job.privacy else ()
-        trainer = make_trainer(s.train.trainer, job.epochs, job.patience, None, tmp / "ckpt", extra)
         start = time.perf_counter()
-        fitted = fit_and_test(job, trainer, None)
-        seconds = time.perf_counter() - start  # fit, test and the test-split prediction
+        _, fitted = fit(Settings.model_validate(raw), build_image_job, data, tmp / "ckpt")
+        seconds = time.perf_counter() - start  # build, fit, test and the test-split prediction
         m = fitted.metrics
         epochs = max(m["trained_epochs"], 1.0)
         rows.append((eps, m.get("dp_epsilon"), m["test_acc"], seconds / epochs, epochs))

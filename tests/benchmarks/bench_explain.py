@@ -17,30 +17,17 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-from bigdeep.config import Settings, load_settings
-from bigdeep.env import apply_quiet_env
-from bigdeep.ingest import ingest_images, ingest_series
-from bigdeep.prepare import prepare_images, prepare_series
-from bigdeep.train import Paths, train_cnn, train_rnn
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # tests.integration.helpers
 
-
-def prepared(settings: Settings, root: Path, model: str) -> Path:
-    """The builtin dataset of `model`, ingested and prepared under `root`."""
-    raw, q, out = root / f"raw-{model}", root / f"q-{model}", root / f"data-{model}"
-    q.mkdir(parents=True)
-    if model == "cnn":
-        ingest_images(settings, raw)
-        prepare_images(
-            raw, q, out, settings.prepare.images, settings.quality.images.classes, settings.seed
-        )
-    else:
-        ingest_series(settings, raw)
-        prepare_series(raw, q, out, settings.data.series, settings.prepare.series)
-    return out
+from bigdeep.config import Settings, load_settings  # noqa: E402
+from bigdeep.env import apply_quiet_env  # noqa: E402
+from bigdeep.train import train_cnn, train_rnn  # noqa: E402
+from tests.integration.helpers import prepared_images, prepared_series, run_paths  # noqa: E402
 
 
 def with_explain(settings: Settings, enabled: bool) -> Settings:
@@ -63,21 +50,15 @@ def main() -> None:
         root = Path(tmp)
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'mlflow.db'}"
         for model in args.model or ["cnn", "rnn"]:
-            data = prepared(base, root, model)
+            prepare = {"cnn": prepared_images, "rnn": prepared_series}[model]
+            data = prepare(base, root / f"data-{model}")
             train = {"cnn": train_cnn, "rnn": train_rnn}[model]
             times: dict[bool, list[float]] = {False: [], True: []}
             explain_seconds = []
             for i in range(args.repeats):
                 for enabled in (False, True):
                     run = root / f"{model}-{i}-{'on' if enabled else 'off'}"
-                    paths = Paths(
-                        data=data,
-                        out=run / "model",
-                        metrics=run / "metrics.json",
-                        plots=run / "plots",
-                        checkpoints=run / "ckpt",
-                        lock=run / "dvc.lock",
-                    )
+                    paths = run_paths(run, data)
                     start = time.perf_counter()
                     result = train(with_explain(base, enabled), paths, resume="never")
                     times[enabled].append(time.perf_counter() - start)

@@ -14,6 +14,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,14 +57,13 @@ def cli(*args: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory) -> Project:
-    """A tiny CNN and RNN trained and registered in a real MLflow store (SQLite) in tmp."""
-    import mlflow
-
+def project(tmp_path_factory) -> Iterator[Project]:
+    """A tiny CNN and RNN trained and registered in a real MLflow store (SQLite) in tmp; the
+    module's in-process MLflow reads that store (`models:/` URIs), its subprocesses
+    params.yaml's."""
     from bigdeep.data.sources import read_series
-    from bigdeep.ingest import ingest_images, ingest_series
-    from bigdeep.prepare import prepare_images, prepare_series
-    from bigdeep.train import Paths, train_cnn, train_rnn
+    from bigdeep.train import train_cnn, train_rnn
+    from tests.integration.helpers import prepared_images, prepared_series, run_paths, tracking
 
     root = tmp_path_factory.mktemp("served")
     uri = f"sqlite:///{root / 'mlflow.db'}"
@@ -71,36 +71,12 @@ def project(tmp_path_factory) -> Project:
     settings = Settings.model_validate({**TRAINED, **store})
     params = root / "params.yaml"
     params.write_text(yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False))
-    saved = os.environ.get("MLFLOW_TRACKING_URI")
-    os.environ["MLFLOW_TRACKING_URI"] = uri
-    mlflow.set_tracking_uri(uri)
-    try:
-        for name, dataset, ingest, train in (
-            ("cnn", "images", ingest_images, train_cnn),
-            ("rnn", "series", ingest_series, train_rnn),
-        ):
-            raw, q, data = root / f"raw_{dataset}", root / f"q_{dataset}", root / dataset
-            ingest(settings, raw)
-            q.mkdir()
-            if dataset == "images":
-                prepare_images(
-                    raw, q, data, settings.prepare.images, settings.quality.images.classes, 42
-                )
-            else:
-                prepare_series(raw, q, data, settings.data.series, settings.prepare.series)
-            out = root / name
-            train(
-                settings,
-                Paths(data, out / "model", out / "m.json", out / "plots", out / "ckpt", None,
-                      root / "dvc.lock"),
-            )  # fmt: skip
-    finally:
-        if saved is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = saved
-    series = read_series(settings.data.series)
-    return Project(root, params, uri, root / "images", series, settings)
+    with tracking(uri):
+        images = prepared_images(settings, root / "images")
+        train_cnn(settings, run_paths(root / "cnn", images))
+        train_rnn(settings, run_paths(root / "rnn", prepared_series(settings, root / "series")))
+        series = read_series(settings.data.series)
+        yield Project(root, params, uri, images, series, settings)
 
 
 @contextmanager

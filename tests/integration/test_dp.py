@@ -19,10 +19,9 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from bigdeep.config import Settings
-from bigdeep.ingest import ingest_images, ingest_series
-from bigdeep.prepare import prepare_images, prepare_series
 from bigdeep.train import Paths, train_cnn, train_rnn
 from bigdeep.training import privacy_record
+from tests.integration.helpers import fit, prepared_images, prepared_series, run_paths
 
 pytestmark = pytest.mark.slow  # real trainings with per-sample gradients: seconds each
 
@@ -52,36 +51,12 @@ def settings(base: dict, **privacy) -> Settings:
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("images")
-    s = Settings.model_validate(CNN)
-    ingest_images(s, root / "raw")
-    (root / "q").mkdir()
-    prepare_images(
-        root / "raw", root / "q", root / "data", s.prepare.images, s.quality.images.classes, s.seed
-    )
-    return root / "data"
+    return prepared_images(Settings.model_validate(CNN), tmp_path_factory.mktemp("images"))
 
 
 @pytest.fixture(scope="module")
 def series(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("series")
-    s = Settings.model_validate(RNN)
-    ingest_series(s, root / "raw")
-    (root / "q").mkdir()
-    prepare_series(root / "raw", root / "q", root / "data", s.data.series, s.prepare.series)
-    return root / "data"
-
-
-def paths(tmp_path: Path, data: Path, name: str = "a") -> Paths:
-    base = tmp_path / name
-    return Paths(
-        data=data,
-        out=base / "model",
-        metrics=base / "metrics.json",
-        plots=base / "plots",
-        checkpoints=base / "ckpt",
-        lock=base / "dvc.lock",
-    )
+    return prepared_series(Settings.model_validate(RNN), tmp_path_factory.mktemp("series"))
 
 
 def check_recorded(client: MlflowClient, result, p: Paths, target: float, n_train: int) -> dict:
@@ -113,7 +88,7 @@ def test_cnn_with_dp_logs_the_epsilon_and_serves_the_plain_network(images, tmp_p
     from bigdeep.training.jobs import build_image_job
 
     n_train = len(build_image_job(settings(CNN), images).datamodule.train_dataloader().dataset)
-    p = paths(tmp_path, images)
+    p = run_paths(tmp_path / "a", images)
     result = train_cnn(settings(CNN), p)
     check_recorded(MlflowClient(mlflow_uri), result, p, 8.0, n_train)
     # the epsilon of the steps taken: 2 epochs of 4 Poisson batches, noise planned for them
@@ -132,7 +107,7 @@ def test_rnn_with_dp_swaps_the_lstm_and_exports_a_plain_one(series, tmp_path, ml
     job = build_series_job(s, series)
     assert type(job.model.net.rnn).__name__ == "DPLSTM"  # Opacus's per-sample-gradient LSTM
     assert job.model.hparams.grad_clip == 0  # per-sample clipping replaces it
-    p = paths(tmp_path, series)
+    p = run_paths(tmp_path / "a", series)
     result = train_rnn(s, p)
     n_train = len(job.datamodule.train_dataloader().dataset)
     check_recorded(MlflowClient(mlflow_uri), result, p, 3.0, n_train)
@@ -174,23 +149,18 @@ def test_an_impossible_target_is_refused_before_anything_is_trained(images, tmp_
 
 def test_a_resumed_dp_fit_counts_the_steps_before_the_break(images, tmp_path, mlflow_uri):
     """Epoch 1 trained, the process gone; the resumed fit's epsilon is the unbroken fit's."""
-    from bigdeep.training.core import fit_and_test
     from bigdeep.training.jobs import build_image_job
-    from bigdeep.training.plumbing import configure_torch, make_trainer
 
     raw = json.loads(json.dumps(CNN))
     raw["train"]["cnn"]["schedule"] = "none"  # a 1-epoch fit's OneCycle would not stretch to 2
     s = Settings.model_validate(raw)
 
-    def fit(epochs: int, ckpt: str | None, folder: Path):
-        configure_torch(s.train.trainer, s.seed)
-        job = build_image_job(s, images)
-        trainer = make_trainer(s.train.trainer, epochs, 5, None, folder, extra=(job.privacy,))
-        return fit_and_test(job, trainer, ckpt)
+    def fitted(epochs: int, ckpt: str | None, folder: Path):
+        return fit(s, build_image_job, images, folder, epochs, patience=5, ckpt=ckpt)[1]
 
-    whole = fit(2, None, tmp_path / "whole")
-    first = fit(1, None, tmp_path / "broken")
-    resumed = fit(2, str(tmp_path / "broken" / "last.ckpt"), tmp_path / "broken")
+    whole = fitted(2, None, tmp_path / "whole")
+    first = fitted(1, None, tmp_path / "broken")
+    resumed = fitted(2, str(tmp_path / "broken" / "last.ckpt"), tmp_path / "broken")
     assert first.metrics["dp_epsilon"] < resumed.metrics["dp_epsilon"]
     assert resumed.metrics["dp_epsilon"] == pytest.approx(whole.metrics["dp_epsilon"])
     saved = torch.load(tmp_path / "broken" / "last.ckpt", weights_only=True)["callbacks"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -18,10 +19,9 @@ from mlflow.tracking import MlflowClient
 from bigdeep.config import Settings
 from bigdeep.data.prepared import SPLITS, write_image_split
 from bigdeep.explain import region_share
-from bigdeep.train import Paths, run_job
-from bigdeep.training.core import fit_and_test
+from bigdeep.train import run_job
 from bigdeep.training.jobs import build_image_job, build_series_job
-from bigdeep.training.plumbing import configure_torch, make_trainer
+from tests.integration.helpers import fit, run_paths
 
 SIDE = 28
 QUADRANT = np.zeros((SIDE, SIDE), dtype=bool)
@@ -125,22 +125,33 @@ def write_series(folder: Path, shuffled: bool) -> Path:
     return folder
 
 
-def trained(build, params: dict, data: Path, tmp: Path):
-    """A job from the pipeline's builders, fitted and tested by its core (no MLflow)."""
-    settings = Settings.model_validate(params)
-    configure_torch(settings.train.trainer, settings.seed)
-    job = build(settings, data)
-    trainer = make_trainer(settings.train.trainer, job.epochs, job.patience, None, tmp / "ckpt")
-    return job, fit_and_test(job, trainer, ckpt=None)
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One half of the pair: the data whose label one region decides, how it is trained, where
+    the region is and the stated shares (trained above `trained_share`, shuffled below)."""
+
+    write: Callable[[Path, bool], Path]
+    build: Callable
+    params: dict
+    region: np.ndarray | int
+    trained_share: float
+    shuffled_share: float
 
 
-@pytest.fixture(scope="module")
-def images(tmp_path_factory) -> dict[str, dict]:
+CASES = {
+    "images": Case(write_images, build_image_job, IMAGES, QUADRANT, IMAGE_TRAINED, IMAGE_SHUFFLED),
+    "series": Case(write_series, build_series_job, SERIES, SIGNAL, SERIES_TRAINED, SERIES_SHUFFLED),
+}
+
+
+def explained(case: Case, tmp_path_factory) -> dict[str, dict]:
+    """The model trained on the rule and on shuffled labels, each explained once."""
     out = {}
     for kind in ("trained", "shuffled"):
-        tmp = tmp_path_factory.mktemp(f"images-{kind}")
-        data = write_images(tmp / "data", shuffled=kind == "shuffled")
-        job, fitted = trained(build_image_job, IMAGES, data, tmp)
+        tmp = tmp_path_factory.mktemp(f"{case.write.__name__}-{kind}")
+        data = case.write(tmp / "data", kind == "shuffled")
+        settings = Settings.model_validate(case.params)
+        job, fitted = fit(settings, case.build, data, tmp / "ckpt")
         before = {k: v.clone() for k, v in job.model.state_dict().items()}
         explanation, figures = job.explain(tmp / "explain")
         out[kind] = {
@@ -150,55 +161,47 @@ def images(tmp_path_factory) -> dict[str, dict]:
             "explanation": explanation,
             "figures": figures,
             "folder": tmp / "explain",
+            "share": region_share(explanation.attributions, case.region),
         }
     return out
 
 
 @pytest.fixture(scope="module")
+def images(tmp_path_factory) -> dict[str, dict]:
+    return explained(CASES["images"], tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
 def series(tmp_path_factory) -> dict[str, dict]:
-    out = {}
-    for kind in ("trained", "shuffled"):
-        tmp = tmp_path_factory.mktemp(f"series-{kind}")
-        data = write_series(tmp / "data", shuffled=kind == "shuffled")
-        job, fitted = trained(build_series_job, SERIES, data, tmp)
-        explanation, figures = job.explain(tmp / "explain")
-        out[kind] = {
-            "job": job,
-            "metrics": fitted.metrics,
-            "explanation": explanation,
-            "figures": figures,
-            "folder": tmp / "explain",
-        }
-    return out
+    return explained(CASES["series"], tmp_path_factory)
 
 
-def test_image_attributions_concentrate_on_the_deciding_region(images):
-    shares = {k: region_share(v["explanation"].attributions, QUADRANT) for k, v in images.items()}
+@pytest.mark.parametrize("name", CASES)
+def test_attributions_concentrate_where_the_label_is_decided(name, request):
+    """Trained on the rule, most attribution is in the deciding region (image quarter, series
+    column); trained on shuffled labels, it is not."""
+    case, runs = CASES[name], request.getfixturevalue(name)
+    trained, shuffled = runs["trained"], runs["shuffled"]
     print(
-        f"\nimage region share: trained {shares['trained']:.3f}, shuffled {shares['shuffled']:.3f}"
+        f"\n{name} region share: trained {trained['share']:.3f}, shuffled {shuffled['share']:.3f}"
     )
-    assert images["trained"]["metrics"]["test_acc"] > 0.9  # it learned the rule
-    assert images["shuffled"]["metrics"]["test_acc"] < 0.7  # there was no rule to learn
-    assert shares["trained"] > IMAGE_TRAINED
-    assert shares["shuffled"] < IMAGE_SHUFFLED
+    if name == "images":
+        assert trained["metrics"]["test_acc"] > 0.9  # it learned the rule
+        assert shuffled["metrics"]["test_acc"] < 0.7  # there was no rule to learn
+    else:
+        assert trained["metrics"]["test_mae_vs_naive"] < 0.5  # it learned the rule
+    assert trained["share"] > case.trained_share
+    assert shuffled["share"] < case.shuffled_share
 
 
-def test_series_attributions_concentrate_on_the_deciding_column(series):
-    shares = {k: region_share(v["explanation"].attributions, SIGNAL) for k, v in series.items()}
-    print(
-        f"\nseries column share: trained {shares['trained']:.3f}, shuffled {shares['shuffled']:.3f}"
-    )
-    e = series["trained"]["explanation"]
+def test_series_files_show_what_was_computed(series):
+    """by_column.csv's row for the signal is its share; the last step weighs most of all."""
+    run = series["trained"]
+    e = run["explanation"]
     assert e.columns[SIGNAL] == "signal" and len(e.columns) == 5
-    assert series["trained"]["metrics"]["test_mae_vs_naive"] < 0.5  # it learned the rule
-    assert shares["trained"] > SERIES_TRAINED
-    assert shares["shuffled"] < SERIES_SHUFFLED
-    # the files say the same: by_column.csv's row for the signal, the last step most of all
-    by_column = pd.read_csv(series["trained"]["folder"] / "by_column.csv")
-    assert by_column.set_index("column")["share"]["signal"] == pytest.approx(
-        shares["trained"], abs=1e-4
-    )
-    window = pd.read_csv(series["trained"]["folder"] / "window.csv")
+    by_column = pd.read_csv(run["folder"] / "by_column.csv")
+    assert by_column.set_index("column")["share"]["signal"] == pytest.approx(run["share"], abs=1e-4)
+    window = pd.read_csv(run["folder"] / "window.csv")
     top = window.loc[window["share"].idxmax()]
     assert (top["column"], top["steps_back"]) == ("signal", 1)
 
@@ -242,14 +245,7 @@ def test_a_failure_in_explaining_keeps_the_trained_model(tmp_path, mlflow_uri, c
     def broken(folder: Path):
         raise RuntimeError("attribution exploded")
 
-    paths = Paths(
-        data=data,
-        out=tmp_path / "model",
-        metrics=tmp_path / "metrics.json",
-        plots=tmp_path / "plots",
-        checkpoints=tmp_path / "ckpt",
-        lock=tmp_path / "dvc.lock",
-    )
+    paths = run_paths(tmp_path, data)
     result = run_job(settings, dataclasses.replace(job, explain=broken), paths)
     assert (paths.out / "model.pt").exists() and paths.metrics.exists()
     client = MlflowClient(mlflow_uri)

@@ -16,9 +16,8 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from bigdeep.config import Settings
-from bigdeep.ingest import ingest_images
-from bigdeep.prepare import prepare_images
-from bigdeep.train import Paths, train_cnn
+from bigdeep.train import train_cnn
+from tests.integration.helpers import fit, prepared_images, run_paths, tracking
 
 TINY = {
     "data": {"images": {"per_class": 8}},
@@ -28,31 +27,7 @@ TINY = {
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("images")
-    s = Settings.model_validate(TINY)
-    ingest_images(s, root / "raw")
-    (root / "q").mkdir()
-    prepare_images(
-        root / "raw",
-        root / "q",
-        root / "processed",
-        s.prepare.images,
-        s.quality.images.classes,
-        s.seed,
-    )
-    return root / "processed"
-
-
-def paths(tmp_path: Path, data: Path, name: str = "a") -> Paths:
-    base = tmp_path / name
-    return Paths(
-        data=data,
-        out=base / "model",
-        metrics=base / "metrics.json",
-        plots=base / "plots",
-        checkpoints=base / "ckpt",
-        lock=base / "dvc.lock",
-    )
+    return prepared_images(Settings.model_validate(TINY), tmp_path_factory.mktemp("images"))
 
 
 def train_cmd(images: Path) -> list[str]:
@@ -77,14 +52,10 @@ def train_cmd(images: Path) -> list[str]:
 
 def test_the_core_fits_and_tests_with_no_tracking_and_no_files(images, tmp_path):
     """fit_and_test on a trainer without a logger: metrics from its own predictions."""
-    from bigdeep.training.core import fit_and_test
     from bigdeep.training.jobs import build_image_job
-    from bigdeep.training.plumbing import make_trainer
 
     s = Settings.model_validate(TINY)
-    job = build_image_job(s, images)
-    trainer = make_trainer(s.train.trainer, 1, 1, None, tmp_path / "ckpt")
-    fitted = fit_and_test(job, trainer, ckpt=None)
+    job, fitted = fit(s, build_image_job, images, tmp_path / "ckpt", epochs=1, patience=1)
     true, pred = fitted.predictions["true"], fitted.predictions["pred"]
     assert len(true) == len(pred) == 20  # every test image
     assert fitted.metrics["test_acc"] == pytest.approx((true == pred).mean())
@@ -96,8 +67,8 @@ def test_the_core_fits_and_tests_with_no_tracking_and_no_files(images, tmp_path)
 def test_same_data_params_seed_give_identical_metrics(images, tmp_path, mlflow_uri):
     # a floor no model can clear (accuracy over the majority-class rate + 0.9)
     s = Settings.model_validate({**TINY, "registry": {"cnn_floor_margin": 0.9}})
-    a = train_cnn(s, paths(tmp_path, images, "a"))
-    b = train_cnn(s, paths(tmp_path, images, "b"))
+    a = train_cnn(s, run_paths(tmp_path / "a", images))
+    b = train_cnn(s, run_paths(tmp_path / "b", images))
     assert a.run_id != b.run_id
     assert a.metrics == b.metrics
     client = MlflowClient(mlflow_uri)
@@ -116,16 +87,27 @@ def test_same_data_params_seed_give_identical_metrics(images, tmp_path, mlflow_u
     assert tags["bigdeep.data.identity"] == "mnist"
 
 
-def test_evaluation_artifacts(images, tmp_path, mlflow_uri):
-    p = paths(tmp_path, images)
-    result = train_cnn(Settings.model_validate(TINY), p)
+@pytest.fixture(scope="module")
+def trained(images, tmp_path_factory):
+    """TINY trained once by the stage into its own MLflow store, for the tests that only read
+    it: (result, paths, client)."""
+    root = tmp_path_factory.mktemp("trained")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    p = run_paths(root, images)
+    with tracking(uri):
+        result = train_cnn(Settings.model_validate(TINY), p)
+    return result, p, MlflowClient(uri)
+
+
+def test_evaluation_artifacts(trained):
+    result, p, client = trained
     confusion = (p.plots / "confusion.csv").read_text().splitlines()
     assert confusion[0] == "actual,predicted" and len(confusion) - 1 == 20  # one row per test image
     correct = sum(a == b for a, b in (line.split(",") for line in confusion[1:]))
     assert correct / 20 == pytest.approx(result.metrics["test_acc"])
     history = (p.plots / "history.csv").read_text().splitlines()
     assert history[0].split(",")[:2] == ["epoch", "train_acc"] and len(history) == 3  # 2 epochs
-    artifacts = {a.path for a in MlflowClient(mlflow_uri).list_artifacts(result.run_id, "plots")}
+    artifacts = {a.path for a in client.list_artifacts(result.run_id, "plots")}
     assert {
         "plots/confusion_matrix.png",
         "plots/learning_curve.png",
@@ -139,15 +121,17 @@ def test_evaluation_artifacts(images, tmp_path, mlflow_uri):
     assert run["registry"]["alias"] == ("champion" if above else None)
 
 
-def test_a_split_over_the_memory_limit_trains_streamed_and_says_so(images, tmp_path, mlflow_uri):
-    loaded = train_cnn(Settings.model_validate(TINY), paths(tmp_path, images, "loaded"))
+def test_a_split_over_the_memory_limit_trains_streamed_and_says_so(
+    trained, images, tmp_path, mlflow_uri
+):
+    loaded, _, loaded_client = trained
     streamed_settings = yaml.safe_load(yaml.safe_dump(TINY))
     streamed_settings["train"]["trainer"] = {"memory_mb": 0}  # every split streams from disk
     streamed = train_cnn(
-        Settings.model_validate(streamed_settings), paths(tmp_path, images, "streamed")
+        Settings.model_validate(streamed_settings), run_paths(tmp_path / "streamed", images)
     )
     client = MlflowClient(mlflow_uri)
-    assert client.get_run(loaded.run_id).data.params["data.streamed"] == "none"
+    assert loaded_client.get_run(loaded.run_id).data.params["data.streamed"] == "none"
     assert client.get_run(streamed.run_id).data.params["data.streamed"] == "train,val,test"
     # the same number of optimiser steps, and a test set read in full (20 images)
     assert streamed.metrics["trained_steps"] == loaded.metrics["trained_steps"]
@@ -185,7 +169,9 @@ def test_sigkill_then_resume_finishes_the_same_run(images, tmp_path, mlflow_uri)
     )
 
     # an uninterrupted run of the same job ends at the same epoch and step
-    reference = train_cnn(Settings.model_validate(params), paths(tmp_path, images, "reference"))
+    reference = train_cnn(
+        Settings.model_validate(params), run_paths(tmp_path / "reference", images)
+    )
     assert run.data.metrics["trained_epochs"] == reference.metrics["trained_epochs"] == 12
     assert run.data.metrics["trained_steps"] == reference.metrics["trained_steps"]
     assert os.path.exists(tmp_path / "model" / "model.pt")
