@@ -50,6 +50,7 @@ def test_plan_finds_the_noise_that_spends_at_most_the_target():
     assert p.params()["dp.noise_multiplier"] == p.noise_multiplier
 
 
+@pytest.mark.slow  # the noise search for an impossible target takes ~30 s on 2 cores
 def test_an_impossible_target_names_the_key_and_the_fix():
     with pytest.raises(PrivacyError) as e:
         plan(Privacy(epsilon=1e-7), "rnn", epochs=50, n_train=100, batches=2)
