@@ -26,9 +26,9 @@ from pathlib import Path
 import yaml
 
 from tests.benchmarks.bench_cli import _env
+from tests.e2e.helpers import POSTGRES, drop_databases
 
 ROOT = Path(__file__).resolve().parents[2]
-POSTGRES = os.environ.get("BIGDEEP_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
 def _timed(cmd: list[str], cwd: Path, env: dict[str, str]) -> float:
@@ -74,8 +74,6 @@ def _case(name: str, root: Path, env: dict[str, str], datasets: list[str], team:
 
 
 def main() -> None:
-    import psycopg2
-
     from tests.e2e.s3server import S3Server
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -104,12 +102,7 @@ def main() -> None:
         results["PostgreSQL + S3"] = _case("team", args.root / "team", env, args.datasets, team)
     finally:
         s3.stop()
-        conn = psycopg2.connect(POSTGRES)
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            for suffix in ("mlflow", "prefect"):
-                cur.execute(f'DROP DATABASE IF EXISTS "{db}_{suffix}" WITH (FORCE)')
-        conn.close()
+        drop_databases(db)
     steps = list(next(iter(results.values())))
     print(f"datasets {' '.join(args.datasets)}, SMALL slice, seconds (one run each)")
     print(f"{'step':<22}" + "".join(f"{name:>20}" for name in results) + f"{'ratio':>8}")

@@ -15,10 +15,8 @@ import pytest
 import yaml
 
 from bigdeep.servers import free_port, healthy
-from tests.e2e.helpers import SMALL, deep_update, make_project
+from tests.e2e.helpers import POSTGRES, SMALL, deep_update, drop_databases, make_project
 from tests.e2e.s3server import S3Server
-
-POSTGRES = os.environ.get("BIGDEEP_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
 @pytest.fixture(scope="session")
@@ -78,17 +76,10 @@ def prefect_api(tmp_path):
 @pytest.fixture
 def postgres_url():
     """A fresh, uniquely named database prefix on the local PostgreSQL; dropped after."""
-    import psycopg2
-
     name = f"bigdeep_test_{uuid.uuid4().hex[:8]}"
     base = POSTGRES.rsplit("/", 1)[0]
     yield f"{base}/{name}"
-    conn = psycopg2.connect(POSTGRES)
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        for suffix in ("mlflow", "prefect"):
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}_{suffix}" WITH (FORCE)')
-    conn.close()
+    drop_databases(name)
 
 
 @pytest.fixture

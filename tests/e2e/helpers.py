@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -10,6 +11,22 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+# the local PostgreSQL the tests create their uniquely named databases on (trust auth)
+POSTGRES = os.environ.get("BIGDEEP_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def drop_databases(name: str) -> None:
+    """Drop the `<name>_mlflow` and `<name>_prefect` databases `bigdeep servers up` created."""
+    import psycopg2
+
+    conn = psycopg2.connect(POSTGRES)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        for suffix in ("mlflow", "prefect"):
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}_{suffix}" WITH (FORCE)')
+    conn.close()
 
 
 def deep_update(base: dict, overrides: dict) -> dict:
