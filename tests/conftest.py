@@ -4,12 +4,16 @@ pytest-xdist (`make test`: -n 2 --dist loadfile) the long files first."""
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 
 from bigdeep.env import apply_quiet_env
 
 apply_quiet_env(override=True)
+# DVC stages, Prefect workers and torchrun call `bigdeep` by name: the venv that runs the tests
+# is first on PATH also when pytest is started as .venv/bin/python without activating it.
+os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
 
 
 @pytest.fixture(autouse=True, scope="session")

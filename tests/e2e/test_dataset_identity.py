@@ -4,7 +4,6 @@ registered model; the builtin data's reference and champion are never touched.""
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -53,7 +52,6 @@ def set_images(project: Path, **values) -> None:
 
 
 def test_a_new_folder_source_starts_its_own_history_and_model(tmp_path, mlflow_uri, monkeypatch):
-    monkeypatch.setenv("PATH", f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}")
     dvc = [sys.executable, "-m", "dvc"]
     project = make_project(
         tmp_path / "project",

@@ -4,7 +4,6 @@ experiment; `dvc exp show` and `dvc plots show` read the same metrics and curves
 from __future__ import annotations
 
 import json
-import os
 import sys
 
 import pytest
@@ -18,8 +17,6 @@ pytestmark = pytest.mark.e2e
 def test_dvc_exp_run_tags_the_mlflow_run_with_the_experiment(tmp_path, mlflow_uri, monkeypatch):
     project = make_project(tmp_path / "project", SMALL)
     dvc = [sys.executable, "-m", "dvc"]
-    # the stages' cmd `bigdeep` lives beside this interpreter
-    monkeypatch.setenv("PATH", f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}")
 
     out = run(
         [*dvc, "exp", "run", "-S", "train.cnn.epochs=1", "-n", "one-epoch", "train_cnn"], project

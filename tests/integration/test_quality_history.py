@@ -56,7 +56,6 @@ def drift_max(rep: dict) -> float | None:
 def test_two_versions_a_rerun_an_outage_and_a_rejected_version(
     tmp_path, mlflow_uri, monkeypatch, capsys
 ):
-    monkeypatch.setenv("PATH", f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}")
     project = make_project(tmp_path / "project", {"data": {"series": {"last_days": 40}}})
     monkeypatch.chdir(project)
 
