@@ -222,6 +222,23 @@ class AtomicCheckpoint(ModelCheckpoint):
         for history in histories:
             history.send()
 
+    # Lightning 2.6 refreshes last.ckpt only when a best checkpoint was saved at the same step:
+    # after an epoch whose val_loss did not improve, a resumed fit would train it again (and
+    # send its metrics twice). The resume point is every epoch's, whatever the monitor says.
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._save_last_every_time(trainer)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._save_last_every_time(trainer)
+
+    def _save_last_every_time(self, trainer: pl.Trainer) -> None:
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
 
 def configure_torch(cfg: Trainer, seed: int) -> None:
     _tune_glibc_malloc()
