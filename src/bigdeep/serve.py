@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bigdeep.errors import BigdeepError
-from bigdeep.servers import HOST, _alive, _tail, healthy, stop_group
+from bigdeep.servers import HOST, _alive, _tail, healthy, raise_interrupt, stop_group
 
 DEFAULT_PORT = 5001  # 5000 is the MLflow UI's (`bigdeep ui`, `bigdeep servers up`)
 DEFAULT_TIMEOUT_S = 180.0  # loading a pt2 model and starting uvicorn: ~15 s idle, more when busy
@@ -199,9 +199,7 @@ def serve(ref: str, tracking: str, port: int = DEFAULT_PORT, timeout: float = DE
     proc = start(served, tracking, port, log)
     # Ctrl-C, and SIGTERM (a supervisor, `kill`), end the wait below and stop the server; set
     # here, as a shell starting this in the background may have left SIGINT ignored
-    previous = {
-        sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGINT, signal.SIGTERM)
-    }
+    previous = {sig: signal.signal(sig, raise_interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         wait_ready(proc, served, port, log, timeout)
         example = example_request(served, tracking, LOG_DIR / safe)
@@ -224,10 +222,6 @@ def serve(ref: str, tracking: str, port: int = DEFAULT_PORT, timeout: float = DE
         print(
             f"stopped {served.name} v{served.version} (process group {proc.pid})", file=sys.stderr
         )
-
-
-def _raise_interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
 
 
 def request_body(x) -> str:

@@ -322,6 +322,12 @@ def group_members(pgid: int) -> list[int]:
     return members
 
 
+def raise_interrupt(signum, frame) -> None:
+    """A signal handler: SIGINT or SIGTERM end a foreground wait as Ctrl-C does. Installed
+    explicitly, as a shell that starts a command in the background leaves SIGINT ignored."""
+    raise KeyboardInterrupt
+
+
 def stop_group(pgid: int, timeout: float = 20.0) -> bool:
     """SIGTERM the whole group (the server and every worker it forked), SIGKILL what stays.
 
