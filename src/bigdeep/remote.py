@@ -18,7 +18,12 @@ from pathlib import Path
 from bigdeep.errors import StageFailed
 
 # what botocore/s3fs print when the store does not answer, and when it refuses the keys
-_UNREACHABLE = ("Could not connect to the endpoint URL", "Connection refused", "timed out")
+_UNREACHABLE = (
+    "Could not connect to the endpoint URL",
+    "Connection refused",
+    "timed out",
+    "timeout on endpoint URL",  # botocore: "Read timeout on endpoint URL" (a store that hangs)
+)
 _DENIED = (
     "InvalidAccessKeyId",
     "SignatureDoesNotMatch",

@@ -5,8 +5,10 @@ remote; once the store is back, the push completes."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -99,3 +101,38 @@ def test_a_push_to_a_stopped_store_fails_in_seconds_naming_the_remote_and_a_reru
     assert 5 <= len(sent) < 41 and not any(key.endswith(".dir") for key in sent)
     assert dvc("push", cwd=path).returncode == 0
     assert len(server.keys("data/files/md5/")) == 41
+
+
+def test_a_store_that_hangs_fails_after_the_remote_timeouts_naming_the_remote(repo, monkeypatch):
+    """A store that takes connections and never answers (a wedged server, a half-open
+    network): with the timeouts README's Team setup gives, the push fails with the same one
+    paragraph as a stopped store instead of waiting minutes."""
+    path, _ = repo
+    hung = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                held.append(hung.accept()[0])  # read nothing, answer nothing
+            except OSError:
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    endpoint = f"http://127.0.0.1:{hung.getsockname()[1]}"
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    for option, seconds in (("connect_timeout", "2"), ("read_timeout", "2")):
+        assert dvc("remote", "modify", "--local", "team", option, seconds, cwd=path).returncode == 0
+    try:
+        failed = dvc("push", cwd=path)
+    finally:
+        hung.close()
+        for conn in held:
+            conn.close()
+    assert failed.returncode != 0 and held  # it connected, then waited for an answer
+    error = str(push_failed(path, failed.stdout + failed.stderr))
+    assert error.startswith(
+        f"the DVC remote 'team' (s3://bigdeep/data via {endpoint}) did not take the data: "
+    )
+    assert "Read timeout on endpoint URL" in error
+    assert "the object store is not answering: start it" in error
