@@ -53,20 +53,18 @@ import yaml
 
 NOT_NEEDED = ("mlflow", "prefect", "dvc", "great_expectations", "opacus")
 
+NO_AUGMENT = [
+    "train.cnn.augment_rotate=0",
+    "train.cnn.augment_shift=0",
+    "train.cnn.augment_scale=0",
+]
 # The `fast` preset: big batches, no augmentation, no deterministic algorithms, precision
 # measured. Its GPU figures: tests/benchmarks/README.md ("GPU-first training").
 FAST = [
     "train.cnn.batch_size=1024",
     "train.cnn.lr=0.006",
-    "train.cnn.augment_rotate=0",
-    "train.cnn.augment_shift=0",
-    "train.cnn.augment_scale=0",
+    *NO_AUGMENT,
     "train.trainer.deterministic=false",
-]
-NO_AUGMENT = [
-    "train.cnn.augment_rotate=0",
-    "train.cnn.augment_shift=0",
-    "train.cnn.augment_scale=0",
 ]
 EXTRA = {
     "cnn-noaug": NO_AUGMENT,
@@ -177,20 +175,15 @@ def prepare_series(frame: pd.DataFrame, settings: Any, out: Path) -> Path:
 
 
 def settings_with(params: Path, sets: list[str], cpu: bool) -> Any:
-    """params.yaml with `KEY=VALUE` overrides (VALUE read as YAML), validated strictly."""
-    from bigdeep.config import Settings
+    """params.yaml with `KEY=VALUE` overrides (VALUE read as YAML), as `bigdeep run --set`
+    plans them (`plan_overrides`: keys and values checked, validated strictly); the file
+    itself is left alone."""
+    from bigdeep.config import Settings, plan_overrides
 
-    raw = yaml.safe_load(params.read_text()) or {}
     if cpu:
         sets = ["train.trainer.accelerator=cpu", *sets]
-    for item in sets:
-        key, _, value = item.partition("=")
-        node = raw
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(value)
-    return Settings.model_validate(raw)
+    text, _ = plan_overrides(params, dict(item.partition("=")[::2] for item in sets))
+    return Settings.model_validate(yaml.safe_load(text))
 
 
 # --- timing ----------------------------------------------------------------------------------

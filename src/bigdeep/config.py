@@ -326,8 +326,8 @@ class Trainer(Strict):
 
     @model_validator(mode="after")
     def _nodes_need_a_distributed_strategy(self) -> Trainer:
-        single = ("single_device", "dp")
-        if self.num_nodes > 1 and (self.strategy in single or self.strategy.startswith(single)):
+        single = ("single_device", "dp")  # and their variants (single_device_..., dp_...)
+        if self.num_nodes > 1 and self.strategy.startswith(single):
             raise ValueError(
                 f"train.trainer.num_nodes is {self.num_nodes} but strategy is "
                 f"{self.strategy!r}, which runs on one machine: set strategy: ddp (or auto, "

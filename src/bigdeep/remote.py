@@ -32,12 +32,9 @@ _DENIED = (
 )
 
 
-def default_remote(repo) -> tuple[str, str] | None:
-    """(name, url) of a DVC repo's default remote, None when it has none."""
-    name = repo.config["core"].get("remote")
-    if not name or name not in repo.config["remote"]:
-        return None
-    return name, repo.config["remote"][name]["url"]
+def object_store(url: str) -> bool:
+    """A remote URL of an object store (s3://...), not a local folder (a path or file:)."""
+    return "://" in url and not url.startswith("file:")
 
 
 def describe(project: Path) -> str:
@@ -47,13 +44,13 @@ def describe(project: Path) -> str:
     from dvc.repo import Repo
 
     with Repo(str(project)) as repo:
-        found = default_remote(repo)
-        config = repo.config["remote"].get(found[0], {}) if found else {}
-    if found is None:
+        name = repo.config["core"].get("remote")
+        config = repo.config["remote"].get(name, {}) if name else {}
+    if not config:
         return "the default DVC remote (none configured)"
-    name, url = found
+    url = config["url"]
     endpoint = config.get("endpointurl") or os.environ.get("AWS_ENDPOINT_URL")
-    via = f" via {endpoint}" if endpoint and "://" in url and not url.startswith("file:") else ""
+    via = f" via {endpoint}" if endpoint and object_store(url) else ""
     return f"the DVC remote '{name}' ({url}{via})"
 
 
@@ -94,7 +91,7 @@ def fetch(repo, md5: str) -> str | None:
 
     for name, config in repo.config["remote"].items():
         url = config["url"]
-        if "://" not in url or url.startswith("file:"):
+        if not object_store(url):
             continue  # a local remote is read in place by `restore_dir`
         try:
             # the .dir manifest (from the cache, else the remote) names the files to fetch

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -25,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bigdeep.errors import BigdeepError
-from bigdeep.servers import HOST, _alive, _tail, healthy, raise_interrupt, stop_group
+from bigdeep.servers import HOST, _alive, _tail, healthy, interruptible, stop_group
 
 DEFAULT_PORT = 5001  # 5000 is the MLflow UI's (`bigdeep ui`, `bigdeep servers up`)
 DEFAULT_TIMEOUT_S = 180.0  # loading a pt2 model and starting uvicorn: ~15 s idle, more when busy
@@ -197,31 +196,27 @@ def serve(ref: str, tracking: str, port: int = DEFAULT_PORT, timeout: float = DE
     safe = f"{served.name}-v{served.version}".replace("/", "_")
     log = LOG_DIR / f"{safe}.log"
     proc = start(served, tracking, port, log)
-    # Ctrl-C, and SIGTERM (a supervisor, `kill`), end the wait below and stop the server; set
-    # here, as a shell starting this in the background may have left SIGINT ignored
-    previous = {sig: signal.signal(sig, raise_interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        wait_ready(proc, served, port, log, timeout)
-        example = example_request(served, tracking, LOG_DIR / safe)
-        print(banner(served, port, example, log, proc.pid), flush=True)
-        while proc.poll() is None:
-            time.sleep(0.5)
-        raise ServeError(
-            f"the scoring server for {served.name} v{served.version} stopped by itself "
-            f"(exit {proc.returncode}); its output ({log}) ends:\n{_tail(str(log), 12)}"
-        )
-    except KeyboardInterrupt:
-        print(f"stopping {served.name} v{served.version} ...", file=sys.stderr, flush=True)
-        return 0
-    finally:
-        for sig in previous:  # a second Ctrl-C must not cut the stopping short
-            signal.signal(sig, signal.SIG_IGN)
+
+    def stop() -> None:
         stop_group(proc.pid)  # the server and every worker it forked; waits until none is left
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
         print(
             f"stopped {served.name} v{served.version} (process group {proc.pid})", file=sys.stderr
         )
+
+    with interruptible(stop):  # Ctrl-C and SIGTERM end the wait below and stop the server
+        try:
+            wait_ready(proc, served, port, log, timeout)
+            example = example_request(served, tracking, LOG_DIR / safe)
+            print(banner(served, port, example, log, proc.pid), flush=True)
+            while proc.poll() is None:
+                time.sleep(0.5)
+            raise ServeError(
+                f"the scoring server for {served.name} v{served.version} stopped by itself "
+                f"(exit {proc.returncode}); its output ({log}) ends:\n{_tail(str(log), 12)}"
+            )
+        except KeyboardInterrupt:
+            print(f"stopping {served.name} v{served.version} ...", file=sys.stderr, flush=True)
+            return 0
 
 
 def request_body(x) -> str:

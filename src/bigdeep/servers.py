@@ -18,6 +18,7 @@ is left.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -27,6 +28,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -322,9 +324,28 @@ def group_members(pgid: int) -> list[int]:
     return members
 
 
-def raise_interrupt(signum, frame) -> None:
-    """A signal handler: SIGINT or SIGTERM end a foreground wait as Ctrl-C does. Installed
-    explicitly, as a shell that starts a command in the background leaves SIGINT ignored."""
+@contextlib.contextmanager
+def interruptible(stop: Callable[[], object]) -> Iterator[None]:
+    """A foreground wait (`bigdeep serve`, `bigdeep worker`): in the block SIGINT and SIGTERM
+    (a supervisor, `kill`) raise KeyboardInterrupt as Ctrl-C does; on the way out `stop` runs
+    with both ignored, so a second Ctrl-C cannot cut the stopping short; then the previous
+    handlers come back. Installed explicitly, as a shell that starts a command in the
+    background leaves SIGINT ignored."""
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, _raise_interrupt) for sig in signals}
+    try:
+        yield
+    finally:
+        for sig in signals:
+            signal.signal(sig, signal.SIG_IGN)
+        try:
+            stop()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+def _raise_interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 

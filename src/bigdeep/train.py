@@ -63,7 +63,6 @@ from bigdeep.training.plumbing import (
     log_metrics,
     make_trainer,
     outage_wait,
-    precision_for,
 )
 
 # Installed into the model's environment by whoever serves it; pinned like ours.
@@ -371,6 +370,9 @@ def run_tags(settings: Settings, model: str, version: DataVersion, dataset: str)
 
 
 def _common_params(settings: Settings) -> dict[str, Any]:
+    """The trainer's settings every job logs; what a job resolves itself (the precision,
+    measured when null; compile, off under differential privacy) comes with the job
+    (`jobs._gpu_first`)."""
     t = settings.train.trainer
     return {
         "seed": settings.seed,
@@ -378,9 +380,10 @@ def _common_params(settings: Settings) -> dict[str, Any]:
         "trainer.devices": t.devices,
         "trainer.strategy": t.strategy,
         "trainer.num_nodes": t.num_nodes,
-        "trainer.precision": precision_for(t),
         "trainer.threads": t.threads,
         "trainer.limit_train_batches": t.limit_train_batches,
+        "trainer.device_data": t.device_data,
+        "trainer.deterministic": t.deterministic,
     }
 
 

@@ -14,7 +14,6 @@ whichever worker picks it up; the project's run lock (bigdeep.runlock) stays as 
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -125,24 +124,20 @@ def run_worker(pool: str, name: str | None = None) -> int:
     (the worker and the flow runs it started). Returns the worker's exit status (130 on Ctrl-C).
     """
     from bigdeep.env import apply_quiet_env
-    from bigdeep.servers import raise_interrupt
+    from bigdeep.servers import interruptible
 
     env = apply_quiet_env(dict(os.environ))
     proc = subprocess.Popen(worker_command(pool, name), env=env, start_new_session=True)
-    # Ctrl-C and SIGTERM (a supervisor, `kill`) end the wait, also where a shell started this
-    # in the background and left SIGINT ignored
-    previous = {sig: signal.signal(sig, raise_interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        return proc.wait()
-    except KeyboardInterrupt:
-        return 130
-    finally:
-        for sig in previous:  # a second Ctrl-C must not cut the stopping short
-            signal.signal(sig, signal.SIG_IGN)
+
+    def stop() -> None:
         if proc.poll() is None:  # never leave the worker behind
             stop_worker(proc)
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+
+    with interruptible(stop):  # Ctrl-C and SIGTERM (a supervisor, `kill`) end the wait
+        try:
+            return proc.wait()
+        except KeyboardInterrupt:
+            return 130
 
 
 def stop_worker(proc: subprocess.Popen, timeout: float = 20.0) -> None:

@@ -91,7 +91,6 @@ class SplitDataModule(pl.LightningDataModule):
         self._datasets: dict[str, Batched | StreamedImages] = {}
         # "split@device:rank/world" -> this process's shard of the split, on the device
         self._on_device: dict[str, Batched] = {}
-        self.on_device: list[str] = []  # the splits the trainer's loaders cut on the device
 
     # --- device-resident splits ---
 
@@ -115,6 +114,39 @@ class SplitDataModule(pl.LightningDataModule):
             return total * self.device_budget_fraction
         return float("inf")
 
+    @property
+    def on_device(self) -> list[str]:
+        """The splits the trainer's loaders cut on the device, in the order they went there."""
+        return list(dict.fromkeys(key.partition("@")[0] for key in self._on_device))
+
+    def _hold(self, split: str, device: torch.device, rank: int, world: int) -> Batched | None:
+        """This process's shard of `split`, moved to `device`; None when it cannot be held
+        there (streamed, or over the budget beside the splits held already) and
+        device_data is auto; a ValueError naming why when it is on."""
+        source = self._device_source(split)
+        need, rows = 0, np.arange(0)
+        if source is not None:
+            rows = shard_rows(len(source), rank, world)
+            need = self._device_bytes(source, rows)
+        used = sum(self._device_bytes(d, np.arange(len(d))) for d in self._on_device.values())
+        budget = self.device_budget(device)
+        if source is not None and used + need <= budget:
+            return self._to_device(source, rows, device)
+        if self.device_data == "on":
+            why = (
+                "it is streamed from disk (over train.trainer.memory_mb)"
+                if source is None
+                else f"it needs {need / 2**20:,.0f} MiB on {device} beside "
+                f"{used / 2**20:,.0f} MiB, over the budget of {budget / 2**20:,.0f} MiB"
+            )
+            raise ValueError(
+                f"train.trainer.device_data is 'on' but the {split!r} split cannot be "
+                f"held on the device: {why}. Fix: set device_data to auto (such a "
+                "split is then streamed) or raise train.trainer.device_budget_fraction "
+                "/ memory_mb"
+            )
+        return None
+
     def _device_loader(self, split: str, shuffle: bool) -> DeviceBatches | None:
         """The trainer's loader for a split held on its device; None: the DataLoader path."""
         trainer = self.trainer
@@ -125,30 +157,10 @@ class SplitDataModule(pl.LightningDataModule):
             return None  # on the CPU, `auto` keeps the DataLoader path (module docstring)
         key = f"{split}@{device}:{trainer.global_rank}/{trainer.world_size}"
         if key not in self._on_device:
-            source = self._device_source(split)
-            need, rows = 0, np.arange(0)
-            if source is not None:
-                rows = shard_rows(len(source), trainer.global_rank, trainer.world_size)
-                need = self._device_bytes(source, rows)
-            used = sum(self._device_bytes(d, np.arange(len(d))) for d in self._on_device.values())
-            budget = self.device_budget(device)
-            if source is None or used + need > budget:
-                if self.device_data == "on":
-                    why = (
-                        "it is streamed from disk (over train.trainer.memory_mb)"
-                        if source is None
-                        else f"it needs {need / 2**20:,.0f} MiB on {device} beside "
-                        f"{used / 2**20:,.0f} MiB, over the budget of {budget / 2**20:,.0f} MiB"
-                    )
-                    raise ValueError(
-                        f"train.trainer.device_data is 'on' but the {split!r} split cannot be "
-                        f"held on the device: {why}. Fix: set device_data to auto (such a "
-                        "split is then streamed) or raise train.trainer.device_budget_fraction "
-                        "/ memory_mb"
-                    )
+            held = self._hold(split, device, trainer.global_rank, trainer.world_size)
+            if held is None:
                 return None
-            self._on_device[key] = self._to_device(source, rows, device)
-            self.on_device += [split] if split not in self.on_device else []
+            self._on_device[key] = held
         return DeviceBatches(
             self._on_device[key],
             self.batch_size,

@@ -48,12 +48,7 @@ def _gpu_first(settings: Settings, dm, model: StagedModule, loss) -> tuple[str, 
     if tcfg.precision is None and precision == "bf16-mixed":  # a GPU that has bf16: measure
         batch = next(iter(dm.eval_dataloader("train")))
         precision, timings = fastest_precision(tcfg, model, batch, loss)
-    params: dict[str, Any] = {
-        "trainer.precision": precision,
-        "trainer.device_data": tcfg.device_data,
-        "trainer.compile": compile_mode,
-        "trainer.deterministic": tcfg.deterministic,
-    }
+    params: dict[str, Any] = {"trainer.precision": precision, "trainer.compile": compile_mode}
     params |= {f"trainer.precision_ms.{k}": round(v, 3) for k, v in timings.items()}
     return precision, params
 
