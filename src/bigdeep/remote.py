@@ -128,7 +128,7 @@ def refetch(repo, md5: str) -> str | None:
     obj = cache / md5[:2] / md5[2:]
     for name, config in repo.config["remote"].items():
         url = config["url"]
-        if "://" not in url or url.startswith("file:"):
+        if not object_store(url):
             continue  # a local remote is a store `restore_dir` reads in place
         aside = obj.with_name(obj.name + ".corrupt")
         if obj.exists():
