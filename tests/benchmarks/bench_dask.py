@@ -127,7 +127,8 @@ def measure_images(store: Path, cluster: str, work: Path) -> dict:
 
 def make_image_sources(store: Path) -> tuple[Path, Path]:
     """The digits of `store` as a folder source (<label>/<n>.png: the stored PNG bytes) and
-    an IDX source (train-images/-labels, the decoded pixels, uncompressed); made once."""
+    an IDX source (train-images/-labels, the decoded pixels, uncompressed); made once, a
+    shard at a time (the children's ru_maxrss starts from this process's peak)."""
     import io
 
     import numpy as np
@@ -138,24 +139,22 @@ def make_image_sources(store: Path) -> tuple[Path, Path]:
     if (folder / "DONE").exists() and (idx / "DONE").exists():
         return folder, idx
     idx.mkdir(parents=True, exist_ok=True)
-    pixels, labels = [], []
-    for shard in sorted(store.glob("part-*.parquet")):
-        table = pq.read_table(shard, columns=["record_id", "label", "image"]).to_pydict()
-        for rid, label, image in zip(*table.values(), strict=True):
-            (folder / label).mkdir(parents=True, exist_ok=True)
-            (folder / label / f"{rid.rsplit('/', 1)[1]}.png").write_bytes(image)
-            pixels.append(np.asarray(Image.open(io.BytesIO(image))))
-            labels.append(int(label))
-    for name, array in (
-        ("train-images-idx3-ubyte", np.stack(pixels)),
-        ("train-labels-idx1-ubyte", np.array(labels)),
-    ):
-        header = bytes([0, 0, 0x08, array.ndim]) + b"".join(
-            d.to_bytes(4, "big") for d in array.shape
-        )
-        (idx / name).write_bytes(header + array.astype(np.uint8).tobytes())
-    (folder / "DONE").write_text(str(len(labels)))
-    (idx / "DONE").write_text(str(len(labels)))
+    shards = sorted(store.glob("part-*.parquet"))
+    n = sum(pq.ParquetFile(p).metadata.num_rows for p in shards)
+    labels = []
+    with open(idx / "train-images-idx3-ubyte", "wb") as images:
+        images.write(bytes([0, 0, 0x08, 3]) + b"".join(d.to_bytes(4, "big") for d in (n, 28, 28)))
+        for shard in shards:
+            table = pq.read_table(shard, columns=["record_id", "label", "image"]).to_pydict()
+            for rid, label, image in zip(*table.values(), strict=True):
+                (folder / label).mkdir(parents=True, exist_ok=True)
+                (folder / label / f"{rid.rsplit('/', 1)[1]}.png").write_bytes(image)
+                images.write(np.asarray(Image.open(io.BytesIO(image)), np.uint8).tobytes())
+                labels.append(int(label))
+    header = bytes([0, 0, 0x08, 1]) + n.to_bytes(4, "big")
+    (idx / "train-labels-idx1-ubyte").write_bytes(header + bytes(labels))
+    (folder / "DONE").write_text(str(n))
+    (idx / "DONE").write_text(str(n))
     return folder, idx
 
 
