@@ -183,11 +183,12 @@ def test_an_image_folder_is_read_on_the_workers_into_the_same_bytes(cluster, tmp
     assert not {"1/broken.png", "2/empty.png", "0/notes.txt"} & ids
 
 
-def refused(project: Path, capsys) -> str:
-    """`bigdeep ingest images` exits 1 with one line, no traceback, no store; that line."""
-    capsys.readouterr()
+def refused(project: Path, capfd) -> str:
+    """`bigdeep ingest images` exits 1 with one line, no traceback, no store; that line.
+    (capfd: what worker processes started here write to the terminal counts too.)"""
+    capfd.readouterr()
     code = main(["ingest", "images", "--out", "data/raw/images"])
-    err = capsys.readouterr().err
+    err = capfd.readouterr().err
     assert code == 1, err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert not (project / "data" / "raw" / "images").exists()
@@ -204,11 +205,20 @@ def image_project(root: Path, cluster: str | None) -> Path:
     return root
 
 
-@pytest.mark.parametrize("where", ["in-process", "cluster"])
+# in this process; on the module's cluster; on a LocalCluster the stage starts (its workers
+# write to this terminal)
+WHERE = ["in-process", "cluster", "local:1"]
+
+
+def cluster_for(where: str, cluster: tuple[str, object]) -> str | None:
+    return {"in-process": None, "cluster": cluster[0]}.get(where, where)
+
+
+@pytest.mark.parametrize("where", WHERE)
 def test_a_file_gone_between_listing_and_reading_is_named(
-    where, cluster, tmp_path, monkeypatch, capsys
+    where, cluster, tmp_path, monkeypatch, capfd
 ):
-    project = image_project(tmp_path, cluster[0] if where == "cluster" else None)
+    project = image_project(tmp_path, cluster_for(where, cluster))
     monkeypatch.chdir(project)
     plan = ingest.plan_image_shards
 
@@ -218,18 +228,18 @@ def test_a_file_gone_between_listing_and_reading_is_named(
         return iter(shards)
 
     monkeypatch.setattr(ingest, "plan_image_shards", listed_then_removed)
-    assert refused(project, capsys) == (
+    assert refused(project, capfd) == (
         "bigdeep ingest: error: src/digits/1/05.png: cannot be read (No such file or directory)"
     )
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads a mode-000 file")
-@pytest.mark.parametrize("where", ["in-process", "cluster"])
-def test_an_unreadable_file_is_named_with_the_fix(where, cluster, tmp_path, monkeypatch, capsys):
-    project = image_project(tmp_path, cluster[0] if where == "cluster" else None)
+@pytest.mark.parametrize("where", WHERE)
+def test_an_unreadable_file_is_named_with_the_fix(where, cluster, tmp_path, monkeypatch, capfd):
+    project = image_project(tmp_path, cluster_for(where, cluster))
     monkeypatch.chdir(project)
     (project / "src" / "digits" / "2" / "03.png").chmod(0)
-    assert refused(project, capsys) == (
+    assert refused(project, capfd) == (
         "bigdeep ingest: error: src/digits/2/03.png: permission denied (bigdeep runs as uid "
         f"{os.geteuid()}): make it readable (chmod a+r src/digits/2/03.png) or copy it "
         "somewhere readable"

@@ -11,7 +11,9 @@ What cannot be read at all (a missing or unreadable file, a CSV that is not UTF-
 line that does not parse, a line over `max_line_bytes`, a record nested over `max_depth`, an
 IDX file shorter than its header says) raises `SourceError` naming the file, the line or
 byte, and the fix. Series files are read in chunks of `shard_rows`: memory does not grow
-with the file.
+with the file. Image sources are planned in shards (`plan_image_shards`: listed, capped,
+no image bytes) and each shard is read or PNG-encoded on its own (`image_rows`), so a Dask
+worker can do it.
 """
 
 from __future__ import annotations

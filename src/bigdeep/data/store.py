@@ -66,8 +66,8 @@ def write_shards(
 def _write_shard(
     item: tuple[int, Any], folder: Path, build: Callable[[Any], pd.DataFrame | pa.Table] | None
 ) -> int:
-    """Write batch i (built first) as folder/part-{i:05d}.parquet; its row count (runs on a
-    worker)."""
+    """Write batch i, through `build` if given, as folder/part-{i:05d}.parquet; its row count
+    (runs on a worker)."""
     i, batch = item
     table = _as_table(batch if build is None else build(batch))
     pq.write_table(table, folder / f"part-{i:05d}.parquet")
