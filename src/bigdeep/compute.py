@@ -13,7 +13,9 @@ order whatever the executor, so its outputs are byte-identical.
 Dask is imported only when a cluster is configured: the CLI's start-up does not pay for it.
 A task on a worker that dies is rescheduled by Dask on another one (`compute.retries` more
 times on errors); a cluster that is gone, or a scheduler that does not answer within
-`compute.connect_timeout` seconds, is a `ComputeError` naming `compute.cluster`.
+`compute.connect_timeout` seconds, is a `ComputeError` naming `compute.cluster`. A task's
+own error (e.g. an unreadable file) is raised here as itself, and the command reports it once:
+the workers of a LocalCluster, which share this terminal, do not log it again.
 """
 
 from __future__ import annotations
@@ -141,6 +143,7 @@ def open_executor(cfg: ComputeSettings) -> Iterator[DaskExecutor | None]:
         )
         client = Client(local)
         try:
+            client.register_plugin(_quiet_task_errors(), name="bigdeep-quiet-task-errors")
             yield DaskExecutor(client, str(cfg.cluster), cfg.retries)
         finally:
             client.close()
@@ -160,3 +163,25 @@ def open_executor(cfg: ComputeSettings) -> Iterator[DaskExecutor | None]:
         yield DaskExecutor(client, address, cfg.retries)
     finally:
         client.close()
+
+
+def _quiet_task_errors() -> Any:
+    """A worker plugin that drops the worker's own "Compute Failed" log of a task's error.
+
+    map_ordered re-raises that error here and the command reports it once, without a
+    traceback; the workers of a LocalCluster write to this terminal, where their copy would
+    print it again, traceback included. (A remote cluster's workers keep theirs.)
+    """
+    from distributed import WorkerPlugin
+
+    class QuietTaskErrors(WorkerPlugin):
+        idempotent = True
+
+        def setup(self, worker: Any) -> None:
+            logging.getLogger("distributed.worker").addFilter(_not_a_task_error)
+
+    return QuietTaskErrors()
+
+
+def _not_a_task_error(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("Compute Failed")

@@ -5,9 +5,11 @@
 
 The output is a pure function of the source's content and the params, so an unchanged
 source gives byte-identical shards and DVC skips everything downstream. Both datasets are
-streamed: memory holds one shard (`shard_rows`), whatever the size of the source. With
-`compute.cluster` set, Dask workers encode and write the shards while this process reads
-the source (bigdeep.compute); the shards are the same bytes.
+streamed: memory holds one shard (`shard_rows`), whatever the size of the source. Images:
+this process only plans the shards (lists a folder, decodes IDX files, caps per class);
+each shard's files are read, or its pixels PNG-encoded, where it is written: on the Dask
+workers with `compute.cluster` set (bigdeep.compute), else here, by the same function, so
+the shards are the same bytes. Series: this process parses the source; workers write.
 """
 
 from __future__ import annotations
@@ -17,10 +19,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 
 from bigdeep.compute import open_executor
 from bigdeep.config import Settings
-from bigdeep.data.sources import arrow_safe, iter_image_batches, iter_series, open_series
+from bigdeep.data.sources import (
+    ImageShard,
+    arrow_safe,
+    image_rows,
+    iter_series,
+    open_series,
+    plan_image_shards,
+)
 from bigdeep.data.store import IMAGE_SCHEMA, write_shards
 
 
@@ -33,15 +43,15 @@ class IngestResult:
 
 
 def ingest_images(settings: Settings, out_dir: Path, root: Path = Path(".")) -> IngestResult:
-    import pyarrow as pa
-
-    batches = (
-        pa.Table.from_pandas(b, schema=IMAGE_SCHEMA, preserve_index=False)
-        for b in iter_image_batches(settings.data.images, root)
-    )
-    with open_executor(settings.compute) as executor:  # writes the shards: compute.cluster
-        rows = write_shards(batches, out_dir, executor)
+    shards = plan_image_shards(settings.data.images, root)  # lists, caps: no image bytes yet
+    with open_executor(settings.compute) as executor:  # reads, encodes, writes: compute.cluster
+        rows = write_shards(shards, out_dir, executor, build=image_table)
     return IngestResult("images", rows, out_dir)
+
+
+def image_table(shard: ImageShard) -> pa.Table:
+    """A planned shard's rows as a store table: its files read or pixels encoded where it runs."""
+    return pa.Table.from_pandas(image_rows(shard), schema=IMAGE_SCHEMA, preserve_index=False)
 
 
 def ingest_series(settings: Settings, out_dir: Path, root: Path = Path(".")) -> IngestResult:

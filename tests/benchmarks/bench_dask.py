@@ -4,8 +4,11 @@
     python tests/benchmarks/bench_dask.py --images 200000 --rows 2000000  # a quick run
     python tests/benchmarks/bench_dask.py --images 0 --rows 1000000       # series only
 
-images  validate (profile + Great Expectations gate, quarantine written) and prepare of a raw
-        store of generated digits (bench_quality.make_images: 2,000-image shards);
+images  ingest of the same generated digits from a folder source (one PNG file each: the
+        workers read the files) and from an IDX source (decoded pixels: the workers
+        PNG-encode them); validate (profile + Great Expectations gate, quarantine written)
+        and prepare of a raw store of generated digits (bench_quality.make_images: 2,000-image
+        shards);
 series  ingest of a CSV source (5 columns, 1-minute grid, bench_quality.make_series) and
         validate of what it wrote (100,000-row shards).
 
@@ -122,6 +125,64 @@ def measure_images(store: Path, cluster: str, work: Path) -> dict:
     } | _usage_fields(workers, len(list(store.glob("part-*.parquet"))))
 
 
+def make_image_sources(store: Path) -> tuple[Path, Path]:
+    """The digits of `store` as a folder source (<label>/<n>.png: the stored PNG bytes) and
+    an IDX source (train-images/-labels, the decoded pixels, uncompressed); made once, a
+    shard at a time (the children's ru_maxrss starts from this process's peak)."""
+    import io
+
+    import numpy as np
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    folder, idx = store.with_name(store.name + "-folder"), store.with_name(store.name + "-idx")
+    if (folder / "DONE").exists() and (idx / "DONE").exists():
+        return folder, idx
+    idx.mkdir(parents=True, exist_ok=True)
+    shards = sorted(store.glob("part-*.parquet"))
+    n = sum(pq.ParquetFile(p).metadata.num_rows for p in shards)
+    labels = []
+    with open(idx / "train-images-idx3-ubyte", "wb") as images:
+        images.write(bytes([0, 0, 0x08, 3]) + b"".join(d.to_bytes(4, "big") for d in (n, 28, 28)))
+        for shard in shards:
+            table = pq.read_table(shard, columns=["record_id", "label", "image"]).to_pydict()
+            for rid, label, image in zip(*table.values(), strict=True):
+                (folder / label).mkdir(parents=True, exist_ok=True)
+                (folder / label / f"{rid.rsplit('/', 1)[1]}.png").write_bytes(image)
+                images.write(np.asarray(Image.open(io.BytesIO(image)), np.uint8).tobytes())
+                labels.append(int(label))
+    header = bytes([0, 0, 0x08, 1]) + n.to_bytes(4, "big")
+    (idx / "train-labels-idx1-ubyte").write_bytes(header + bytes(labels))
+    (folder / "DONE").write_text(str(n))
+    (idx / "DONE").write_text(str(n))
+    return folder, idx
+
+
+def measure_ingest(source: str, cluster: str, work: Path) -> dict:
+    """Image ingest of `source` (folder:<dir> or idx:<dir>), every image, into work/raw."""
+    from bigdeep.compute import open_executor
+    from bigdeep.data.sources import plan_image_shards
+    from bigdeep.data.store import write_shards
+    from bigdeep.ingest import image_table
+
+    s = _settings(cluster)
+    cfg = s.data.images.model_copy(update={"source": source, "per_class": None})
+    raw = work / "raw"
+    t0 = time.perf_counter()
+    with open_executor(s.compute) as ex:
+        t1 = time.perf_counter()
+        shards = plan_image_shards(cfg, ROOT)
+        rows = write_shards(shards, raw, ex, build=image_table)  # what ingest_images does
+        t2 = time.perf_counter()
+        workers = _workers(ex)
+    return {
+        "rows": rows,
+        "start_s": t1 - t0,
+        "ingest_s": t2 - t1,
+        "ingest_per_s": rows / (t2 - t1),
+    } | _usage_fields(workers, len(list(raw.glob("part-*.parquet"))))
+
+
 def measure_series(csv: Path, cluster: str, work: Path) -> dict:
     from bigdeep.compute import open_executor
     from bigdeep.data.sources import arrow_safe, iter_series, open_series
@@ -199,6 +260,9 @@ def main() -> None:
     args = p.parse_args()
     if args.one:
         kind, data, cluster, work = args.one
+        if kind in ("folder", "idx"):  # image ingest from that source
+            print(json.dumps(measure_ingest(f"{kind}:{data}", cluster, Path(work))))
+            return
         measure = measure_images if kind == "images" else measure_series
         print(json.dumps(measure(Path(data), cluster, Path(work))))
         return
@@ -208,6 +272,10 @@ def main() -> None:
     print(f"load before: {os.getloadavg()[0]:.2f} (1 min), {os.cpu_count()} cores")
     if args.images:
         store = make_images(args.data, args.images)
+        for kind, source in zip(("folder", "idx"), make_image_sources(store), strict=True):
+            work = args.data / f"work-ingest-{kind}"
+            res = {c: _child(kind, source, c, work / c) for c in args.clusters}
+            _table(f"images (ingest from {kind}:)", res, ["ingest"])
         res = {c: _child("images", store, c, args.data / f"work-images-{c}") for c in args.clusters}
         _table("images (validate + prepare)", res, ["validate", "prepare"])
     if args.rows:

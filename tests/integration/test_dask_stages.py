@@ -1,5 +1,6 @@
 """The image stages on a real local Dask cluster (2 worker processes) give the same bytes as
-in-process; a worker killed mid-stage changes nothing; a lost cluster fails cleanly.
+in-process; ingest reads the image files on the workers, and a file it cannot read there is
+named as in-process; a worker killed mid-stage changes nothing; a lost cluster fails cleanly.
 
 Shards, report, quarantine and prepared splits are compared byte for byte: the merge in
 shard order is what makes `dvc.lock` independent of compute.cluster.
@@ -14,11 +15,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
+import yaml
 
+from bigdeep import ingest
+from bigdeep.cli import main
 from bigdeep.compute import ComputeError, open_executor
 from bigdeep.config import ComputeSettings, Settings
-from bigdeep.data.store import write_shards
+from bigdeep.data import sources
+from bigdeep.data.store import IMAGE_SCHEMA, write_shards
 from bigdeep.ingest import ingest_images
 from bigdeep.prepare import prepare_images
 from bigdeep.quality.profile import iter_image_profiles, profile_images
@@ -122,6 +129,121 @@ def test_image_folder_with_bad_files_gives_the_same_quarantine(cluster, tmp_path
     # 0/copy.png, in an earlier shard (duplicates are found across shards)
     assert set(reasons["record"]) == {"1/broken.png", "2/empty.png", "1/03.png"}
     assert_same(here, there)
+
+
+def expected_shards(folder: Path, per_class: int, shard_rows: int) -> list[bytes]:
+    """The store main wrote for a folder source, from the files themselves: sorted classes,
+    sorted .png files under each (others skipped), the first `per_class` of each class,
+    `shard_rows` per shard, every file's bytes as they are (broken ones included)."""
+    rows = []
+    for class_dir in sorted(folder.iterdir()):
+        files = sorted(p for p in class_dir.rglob("*.png") if not p.name.startswith("."))
+        rel = [(p.relative_to(folder).as_posix(), p) for p in files[:per_class]]
+        rows += [(r, str(p), class_dir.name, p.read_bytes()) for r, p in rel]
+    shards = []
+    for i in range(0, len(rows), shard_rows):
+        frame = pd.DataFrame(rows[i : i + shard_rows], columns=IMAGE_SCHEMA.names)
+        out = pa.BufferOutputStream()
+        pq.write_table(pa.Table.from_pandas(frame, schema=IMAGE_SCHEMA, preserve_index=False), out)
+        shards.append(out.getvalue().to_pybytes())
+    return shards
+
+
+def test_an_image_folder_is_read_on_the_workers_into_the_same_bytes(cluster, tmp_path, monkeypatch):
+    folder = image_folder(tmp_path / "src")
+    (folder / "1" / "0-cut.png").write_bytes(png(digit(98))[:50])  # bad: kept for the gate
+    (folder / "2" / "0-sub").mkdir()
+    (folder / "2" / "0-sub" / "deep.png").write_bytes(png(digit(77)))
+    (folder / "0" / "notes.txt").write_text("not an image")
+    # 9 per class: 1/broken.png and 2/empty.png, last in their classes, are left out
+    images = {"source": f"folder:{folder}", "per_class": 9, "shard_rows": 4}
+    local, remote = on(cluster[0], data={"images": images})
+    ingest_images(local, tmp_path / "here")
+
+    def driver_reads(*args):
+        raise AssertionError("the driver read or encoded an image")
+
+    with monkeypatch.context() as m:  # this process only: the workers import their own
+        m.setattr(sources, "_read_bytes", driver_reads)
+        m.setattr(sources, "encode_png", driver_reads)
+        result = ingest_images(remote, tmp_path / "there")
+    here = sorted((tmp_path / "here").iterdir())
+    there = sorted((tmp_path / "there").iterdir())
+    expected = expected_shards(folder, per_class=9, shard_rows=4)
+    assert result.rows == 27 and len(expected) == 7
+    assert (
+        [p.name for p in here]
+        == [p.name for p in there]
+        == [f"part-{i:05d}.parquet" for i in range(7)]
+    )
+    assert [p.read_bytes() for p in here] == expected
+    assert [p.read_bytes() for p in there] == expected
+    ids = set(pd.read_parquet(tmp_path / "there")["record_id"])
+    assert {"1/0-cut.png", "2/0-sub/deep.png", "0/copy.png"} <= ids
+    assert not {"1/broken.png", "2/empty.png", "0/notes.txt"} & ids
+
+
+def refused(project: Path, capfd) -> str:
+    """`bigdeep ingest images` exits 1 with one line, no traceback, no store; that line.
+    (capfd: what worker processes started here write to the terminal counts too.)"""
+    capfd.readouterr()
+    code = main(["ingest", "images", "--out", "data/raw/images"])
+    err = capfd.readouterr().err
+    assert code == 1, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert not (project / "data" / "raw" / "images").exists()
+    return err.strip()
+
+
+def image_project(root: Path, cluster: str | None) -> Path:
+    """A project of 3 classes x 8 digits whose params name `cluster` (None: in-process)."""
+    image_folder(root / "src" / "digits")
+    data = {"images": {"source": "folder:src/digits", "per_class": None, "shard_rows": 5}}
+    (root / "params.yaml").write_text(
+        yaml.safe_dump({"data": data, "compute": {"cluster": cluster}})
+    )
+    return root
+
+
+# in this process; on the module's cluster; on a LocalCluster the stage starts (its workers
+# write to this terminal)
+WHERE = ["in-process", "cluster", "local:1"]
+
+
+def cluster_for(where: str, cluster: tuple[str, object]) -> str | None:
+    return {"in-process": None, "cluster": cluster[0]}.get(where, where)
+
+
+@pytest.mark.parametrize("where", WHERE)
+def test_a_file_gone_between_listing_and_reading_is_named(
+    where, cluster, tmp_path, monkeypatch, capfd
+):
+    project = image_project(tmp_path, cluster_for(where, cluster))
+    monkeypatch.chdir(project)
+    plan = ingest.plan_image_shards
+
+    def listed_then_removed(*args):
+        shards = list(plan(*args))  # every file listed, none read yet
+        (project / "src" / "digits" / "1" / "05.png").unlink()
+        return iter(shards)
+
+    monkeypatch.setattr(ingest, "plan_image_shards", listed_then_removed)
+    assert refused(project, capfd) == (
+        "bigdeep ingest: error: src/digits/1/05.png: cannot be read (No such file or directory)"
+    )
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads a mode-000 file")
+@pytest.mark.parametrize("where", WHERE)
+def test_an_unreadable_file_is_named_with_the_fix(where, cluster, tmp_path, monkeypatch, capfd):
+    project = image_project(tmp_path, cluster_for(where, cluster))
+    monkeypatch.chdir(project)
+    (project / "src" / "digits" / "2" / "03.png").chmod(0)
+    assert refused(project, capfd) == (
+        "bigdeep ingest: error: src/digits/2/03.png: permission denied (bigdeep runs as uid "
+        f"{os.geteuid()}): make it readable (chmod a+r src/digits/2/03.png) or copy it "
+        "somewhere readable"
+    )
 
 
 def kill_one_worker(client) -> int:

@@ -13,7 +13,15 @@ import pytest
 from PIL import Image
 
 from bigdeep.config import ImageData, SeriesData, Settings
-from bigdeep.data.sources import SourceError, fingerprint, read_idx, read_series, write_fingerprint
+from bigdeep.data.sources import (
+    SourceError,
+    fingerprint,
+    image_rows,
+    plan_image_shards,
+    read_idx,
+    read_series,
+    write_fingerprint,
+)
 from bigdeep.data.store import read_all
 from bigdeep.ingest import ingest_images, ingest_series
 
@@ -82,6 +90,65 @@ def test_truncated_idx_names_the_file(tmp_path):
     (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(struct.pack(">HBBI", 0, 8, 1, 2) + b"\1\2")
     with pytest.raises(SourceError, match="t10k-images-idx3-ubyte: header says"):
         ingest_images(settings(images={"source": f"idx:{tmp_path}"}), tmp_path / "raw")
+
+
+def test_a_folder_is_planned_in_shards_of_shard_rows_capped_per_class_unread(tmp_path):
+    src = tmp_path / "digits"
+    for label, names in {"a": ["3.png", "1.png", "2.png", "0.png"], "b": ["x.png"]}.items():
+        (src / label).mkdir(parents=True)
+        for name in names:
+            (src / label / name).write_bytes(png(len(name)))
+    (src / "c" / "sub").mkdir(parents=True)
+    (src / "c" / "sub" / "deep.PNG").write_bytes(png(9))
+    (src / "c" / "notes.txt").write_text("not an image")
+    (src / "c" / ".hidden.png").write_bytes(png(8))
+    cfg = ImageData(source=f"folder:{src}", per_class=3, shard_rows=2)
+    shards = list(plan_image_shards(cfg))
+    # sorted classes, sorted files in each, 3 of class a kept, cut every 2 records
+    assert [s.record_ids for s in shards] == [
+        ["a/0.png", "a/1.png"],
+        ["a/2.png", "b/x.png"],
+        ["c/sub/deep.PNG"],
+    ]
+    assert [s.labels for s in shards] == [["a", "a"], ["a", "b"], ["c"]]
+    assert shards[1].sources == [str(src / "a/2.png"), str(src / "b/x.png")]
+    assert shards[1].files == [src / "a/2.png", src / "b/x.png"] and shards[1].pixels is None
+    (src / "b" / "x.png").write_bytes(b"changed after planning")  # read by image_rows, not before
+    rows = image_rows(shards[1])
+    assert list(rows["image"]) == [(src / "a/2.png").read_bytes(), b"changed after planning"]
+    assert list(rows.columns) == ["record_id", "source", "label", "image"]
+
+
+def test_a_relative_folder_is_read_from_anywhere_and_named_as_given(tmp_path, monkeypatch):
+    (tmp_path / "digits" / "0").mkdir(parents=True)
+    (tmp_path / "digits" / "0" / "a.png").write_bytes(png(1))
+    (tmp_path / "digits" / "0" / "b.png").write_bytes(png(2))
+    monkeypatch.chdir(tmp_path)
+    [shard] = plan_image_shards(ImageData(source="folder:digits", per_class=None))
+    assert shard.sources == ["digits/0/a.png", "digits/0/b.png"]  # the store keeps these
+    monkeypatch.chdir("/")  # a Dask worker's cwd is not the project
+    assert list(image_rows(shard)["image"]) == [png(1), png(2)]
+    (tmp_path / "digits" / "0" / "b.png").unlink()  # vanished between listing and reading
+    with pytest.raises(SourceError) as e:
+        image_rows(shard)
+    assert str(e.value) == "digits/0/b.png: cannot be read (No such file or directory)"
+
+
+def test_idx_is_planned_as_pixels_and_encoded_by_image_rows(tmp_path):
+    images = np.arange(5 * 28 * 28, dtype=np.uint64).reshape(5, 28, 28) % 251
+    write_idx(tmp_path / "train-images-idx3-ubyte.gz", images)
+    write_idx(tmp_path / "train-labels-idx1-ubyte.gz", np.array([4, 2, 4, 4, 2]))
+    cfg = ImageData(source=f"idx:{tmp_path}", per_class=2, shard_rows=3)
+    shards = list(plan_image_shards(cfg))
+    assert [s.record_ids for s in shards] == [
+        ["idx:train/00000", "idx:train/00001", "idx:train/00002"],
+        ["idx:train/00004"],  # the third 4 is over per_class
+    ]
+    assert shards[1].sources == ["train-images-idx3-ubyte.gz[4]"] and shards[1].files is None
+    assert shards[0].pixels.dtype == np.uint8 and shards[0].pixels.shape == (3, 28, 28)
+    np.testing.assert_array_equal(shards[1].pixels, images[[4]])
+    decoded = [np.asarray(Image.open(io.BytesIO(b))) for b in image_rows(shards[0])["image"]]
+    np.testing.assert_array_equal(np.stack(decoded), images[:3])
 
 
 def test_builtin_series_is_real_hourly_slice(tmp_path):

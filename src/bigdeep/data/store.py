@@ -8,9 +8,9 @@ file per image (DVC is slow with millions of small files). Series are rows of
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import pyarrow as pa
@@ -30,14 +30,19 @@ IMAGE_SCHEMA = pa.schema(
 
 
 def write_shards(
-    batches: Iterable[pd.DataFrame | pa.Table], out_dir: Path, executor: Executor | None = None
+    batches: Iterable[Any],
+    out_dir: Path,
+    executor: Executor | None = None,
+    build: Callable[[Any], pd.DataFrame | pa.Table] | None = None,
 ) -> int:
     """Write each batch as one shard `part-NNNNN.parquet`; replace `out_dir` atomically.
 
     Returns the number of rows written. The new folder is built beside the old one and
     swapped in only when complete, so a crash never leaves a half-written dataset (a failed
-    write removes it). executor: a Dask cluster (bigdeep.compute) encodes and writes the
-    shards, which then must see the same folder; batches are read here, in order.
+    write removes it). build: what turns a batch into its rows where the shard is written
+    (e.g. reading the files an image shard lists); None: batches are the rows. executor: a
+    Dask cluster (bigdeep.compute) builds, encodes and writes the shards, which then must see
+    the same folder; batches are taken here, in order.
     """
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(out_dir.name + ".tmp").resolve()
@@ -45,11 +50,11 @@ def write_shards(
     tmp.mkdir(parents=True)
     try:
         if executor is None:
-            rows = sum(_write_shard(item, tmp) for item in enumerate(batches))
+            rows = sum(_write_shard(item, tmp, build) for item in enumerate(batches))
         else:
             # Arrow tables travel as their buffers; a DataFrame of text is pickled row by row
-            tables = enumerate(_as_table(b) for b in batches)
-            rows = sum(executor.map_ordered(_write_shard, tables, tmp))
+            items = batches if build else (_as_table(b) for b in batches)
+            rows = sum(executor.map_ordered(_write_shard, enumerate(items), tmp, build))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -58,10 +63,13 @@ def write_shards(
     return rows
 
 
-def _write_shard(item: tuple[int, pd.DataFrame | pa.Table], folder: Path) -> int:
-    """Write batch i as folder/part-{i:05d}.parquet; its row count (runs on a worker)."""
+def _write_shard(
+    item: tuple[int, Any], folder: Path, build: Callable[[Any], pd.DataFrame | pa.Table] | None
+) -> int:
+    """Write batch i, through `build` if given, as folder/part-{i:05d}.parquet; its row count
+    (runs on a worker)."""
     i, batch = item
-    table = _as_table(batch)
+    table = _as_table(batch if build is None else build(batch))
     pq.write_table(table, folder / f"part-{i:05d}.parquet")
     return table.num_rows
 
