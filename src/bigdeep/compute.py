@@ -134,13 +134,22 @@ def open_executor(cfg: ComputeSettings) -> Iterator[DaskExecutor | None]:
         logging.getLogger(name).setLevel(logging.WARNING)
     n = cfg.local_workers
     if n is not None:
-        local = LocalCluster(
-            n_workers=n,
-            threads_per_worker=1,  # decoding holds the GIL: one process per core
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address="127.0.0.1:0",
-        )
+        import dask
+
+        # Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536, so glibc hands freed
+        # memory back to the OS at once: PNG encoding then costs ~2x its CPU and decoding
+        # ~15 % more (tests/benchmarks/README.md, "Dask"). A stage's cluster lives for one
+        # stage, so its workers keep glibc's own threshold.
+        environ = dask.config.get("distributed.nanny.pre-spawn-environ")
+        environ = {k: v for k, v in environ.items() if k != "MALLOC_TRIM_THRESHOLD_"}
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+            local = LocalCluster(
+                n_workers=n,
+                threads_per_worker=1,  # decoding holds the GIL: one process per core
+                processes=True,
+                host="127.0.0.1",
+                dashboard_address="127.0.0.1:0",
+            )
         client = Client(local)
         try:
             client.register_plugin(_quiet_task_errors(), name="bigdeep-quiet-task-errors")
