@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -440,6 +441,43 @@ def test_series_streamed_in_chunks_equal_one_pass(tmp_path: Path):
         "over max_gap=1h" in whole.report["failures"]
     )
     assert whole.report["columns"]["freq"] == "30min"
+
+
+def test_gx_results_absorbed_after_a_trip_through_pickle_say_the_same():
+    """Run.validate = run_suite where the chunk is (a Dask worker: the results and the rows
+    they name are pickled back) + Run.absorb here; failing rows that are not the first."""
+    from bigdeep.quality.results import Run, Table, run_suite
+    from bigdeep.quality.suites import series_suite
+    from bigdeep.quality.timeline import Deriver, TimelineBuilder, timeline_piece
+
+    frame = clean_series(40)
+    frame.loc[25, "Demand"] = np.nan
+    frame.loc[31, "Time"] = frame.loc[30, "Time"]
+    frame["Temperature"] = frame["Temperature"].astype(object)
+    frame.loc[35, "Temperature"] = "n/a"  # a text column: its own type sentence (the dtype)
+    builder = TimelineBuilder()
+    builder.add(timeline_piece(frame["Time"], None))
+    timeline = builder.build()
+    required = ["row", "Time", "Demand", "Temperature"]
+    table = Table(Deriver(timeline, "Time").derive(frame), "row", "Time", "rows", required)
+    suite = series_suite(COLUMNS, SERIES, timeline, frozenset({"Demand"}))
+
+    whole, split = Run("series", [suite]), Run("series", [suite])
+    whole.validate(suite, table)
+    validated = pickle.loads(pickle.dumps(run_suite("series", suite, table)))
+    split.absorb(validated)
+    # the first row and the rows GX named: 26 (NaN), 31 and 32 (one time), 33 (after the
+    # hole the repeat left), 36 (text); not every row, as the text column's type check does
+    assert validated.table.frame["row"].tolist() == [1, 26, 31, 32, 33, 36]
+    assert list(validated.table.frame.columns) == list(table.frame.columns)
+    a, b = whole.verdict(40, 1.0, "rows"), split.verdict(40, 1.0, "rows")
+    assert b.entries == a.entries
+    assert b.failures == a.failures
+    pd.testing.assert_frame_equal(b.quarantine, a.quarantine)
+    assert "series: row 26 (2014-01-01T12:30Z) Demand is NaN" in b.failures
+    assert "series: row 32 (2014-01-01T15:00Z) Time is duplicated (2 rows share it)" in b.failures
+    assert 'series: column "Temperature" has type object, not numeric' in b.failures
+    assert sorted(b.quarantine["record"].astype(int).unique()) == [26, 31, 32, 36]
 
 
 def test_timestamps_outside_the_nanosecond_range_are_checked_not_crashed():
