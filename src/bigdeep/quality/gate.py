@@ -7,8 +7,10 @@
     if result.passed: write_reference(result.profile, reference.path)   # the new accepted version
     else: stop before training
 
-`gate_images` / `gate_series` stream the raw store chunk by chunk (bounded memory);
-`run_gate` validates a table already in memory (a profile or a series) the same way.
+`gate_images` / `gate_series` stream the raw store chunk by chunk (bounded memory), in this
+process or on a Dask cluster's workers (`executor`, bigdeep.compute: the chunks are the same
+and are merged here in order, so the outputs are too); `run_gate` validates a table already
+in memory (a profile or a series) the same way.
 Record-level checks run on every chunk and their results are merged; dataset-level checks
 (row count, drop, classes, balance, drift, freshness) run once on small tables built from
 what the chunks added up to. The gate fails when the dataset is empty, when a critical
@@ -202,8 +204,8 @@ def gate_series(
     `plan_series`). Each chunk is read and checked in this process, or on a Dask cluster's
     workers (`executor`, bigdeep.compute); the chunks are the same either way, and are merged
     here in order, so the outputs are too."""
-    units = plan_series(shard_paths(shards_dir, empty_ok=True), chunk_rows)
-    return _gate_series(name, units, settings, data, reference, now, executor)
+    chunks = plan_series(shard_paths(shards_dir, empty_ok=True), chunk_rows)
+    return _gate_series(name, chunks, settings, data, reference, now, executor)
 
 
 @dataclass(frozen=True)
