@@ -174,9 +174,15 @@ def cmd_prepare(args: argparse.Namespace) -> int:
                 executor,
             )
     else:
-        counts = prepare_series(
-            Path(args.raw), Path(args.quarantine), Path(args.out), s.data.series, s.prepare.series
-        )
+        with open_executor(s.compute) as executor:  # reads and resamples shards: compute.cluster
+            counts = prepare_series(
+                Path(args.raw),
+                Path(args.quarantine),
+                Path(args.out),
+                s.data.series,
+                s.prepare.series,
+                executor,
+            )
     print(f"prepare {args.dataset}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
     return 0
 

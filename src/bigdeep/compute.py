@@ -127,6 +127,7 @@ def open_executor(cfg: ComputeSettings) -> Iterator[DaskExecutor | None]:
     if cfg.cluster is None:
         yield None
         return
+    import dask
     from distributed import Client, LocalCluster
 
     # Dask logs every worker start and stop at INFO: the stage's own lines are enough.
@@ -137,9 +138,10 @@ def open_executor(cfg: ComputeSettings) -> Iterator[DaskExecutor | None]:
         import dask
 
         # Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536, so glibc hands freed
-        # memory back to the OS at once: PNG encoding then costs ~2x its CPU and decoding
-        # ~15 % more (tests/benchmarks/README.md, "Dask"). A stage's cluster lives for one
-        # stage, so its workers keep glibc's own threshold.
+        # memory back to the OS at once and faults it in afresh: PNG encoding then costs ~2x
+        # its CPU, decoding ~15 % more, a series chunk (pandas and GX allocate arrays of its
+        # length all along) ~2x (tests/benchmarks/README.md, "Dask"). A stage's cluster lives
+        # for one stage, so its workers keep glibc's own threshold: memory stays at its peak.
         environ = dask.config.get("distributed.nanny.pre-spawn-environ")
         environ = {k: v for k, v in environ.items() if k != "MALLOC_TRIM_THRESHOLD_"}
         with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):

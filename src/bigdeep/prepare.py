@@ -28,7 +28,7 @@ from bigdeep.config import ImagePrepare, SeriesData, SeriesPrepare
 from bigdeep.data.images import to_array
 from bigdeep.data.prepared import SPLITS, split_file
 from bigdeep.data.sources import source_split
-from bigdeep.data.store import iter_shards, shard_paths
+from bigdeep.data.store import shard_paths
 from bigdeep.errors import BigdeepError
 from bigdeep.quality.leakage import leakage_error
 
@@ -299,10 +299,15 @@ def split_and_scale(
 
 
 def read_accepted_series(
-    raw_dir: Path, quarantine_dir: Path, data: SeriesData, cfg: SeriesPrepare
+    raw_dir: Path,
+    quarantine_dir: Path,
+    data: SeriesData,
+    cfg: SeriesPrepare,
+    executor: Executor | None = None,
 ) -> pd.DataFrame:
     """The accepted rows' values by timestamp, sorted, resampled: what `prepare_series_frame`
-    makes of the whole raw store, read one shard at a time.
+    makes of the whole raw store, read one shard at a time (in this process, or on a Dask
+    cluster's workers: `executor`, bigdeep.compute; merged here in shard order).
 
     With `resample`, each shard is reduced to a sum and a count per step (a step cut between
     two shards adds up), and only the steps are held: memory grows with the number of steps,
@@ -311,27 +316,21 @@ def read_accepted_series(
     last bit can differ). Without it,
     the timestamp and value columns (8 bytes each per row) are held.
     """
+    ex = executor or InProcess()
     bad = {int(r) for r in quarantined_records(quarantine_dir)}
     columns = [data.target, *data.features]
+    paths = [p.resolve() for p in shard_paths(raw_dir, empty_ok=False)]
     freq = cfg.resample
     origin = None  # resample's default origin ("start_day"): midnight of the first accepted day
     if freq:
-        for shard in iter_shards(raw_dir, columns=["row", "timestamp"]):
-            ts = shard.loc[~shard["row"].isin(bad), "timestamp"]
-            if len(ts) and ts.notna().any():
-                first = ts.min()
+        for first in ex.map_ordered(_first_accepted, paths, bad):
+            if first is not None:
                 origin = first if origin is None else min(origin, first)
         origin = origin.floor("D") if origin is not None else "start_day"
     sums, counts = [], []
-    for shard in iter_shards(raw_dir, columns=["row", "timestamp", *columns]):
-        shard = shard[~shard["row"].isin(bad)]
-        values = shard.set_index("timestamp")[columns].sort_index().astype("float64")
-        if freq:
-            steps = values.resample(freq, origin=origin)
-            sums.append(steps.sum())
-            counts.append(steps.count())
-        else:
-            sums.append(values)
+    for part in ex.map_ordered(_shard_steps, paths, bad, columns, freq, origin):
+        sums.append(part[0])
+        counts.append(part[1])
     series = sums[0] if len(sums) == 1 else pd.concat(sums).sort_index()
     if not freq:
         return series
@@ -340,12 +339,38 @@ def read_accepted_series(
     return series.resample(freq, origin=origin).sum() / count.resample(freq, origin=origin).sum()
 
 
+def _first_accepted(path: Path, bad: set[int]) -> pd.Timestamp | None:
+    """The earliest timestamp of one shard's accepted rows (runs on a worker)."""
+    shard = pq.read_table(path, columns=["row", "timestamp"]).to_pandas()
+    ts = shard.loc[~shard["row"].isin(bad), "timestamp"]
+    return ts.min() if len(ts) and ts.notna().any() else None
+
+
+def _shard_steps(
+    path: Path, bad: set[int], columns: list[str], freq: str | None, origin: pd.Timestamp | str
+) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """One shard's accepted values by timestamp, sorted; with `freq`, reduced to (sums,
+    counts) per step (runs on a worker)."""
+    shard = pq.read_table(path, columns=["row", "timestamp", *columns]).to_pandas()
+    shard = shard[~shard["row"].isin(bad)]
+    values = shard.set_index("timestamp")[columns].sort_index().astype("float64")
+    if not freq:
+        return values, None
+    steps = values.resample(freq, origin=origin)
+    return steps.sum(), steps.count()
+
+
 def prepare_series(
-    raw_dir: Path, quarantine_dir: Path, out_dir: Path, data: SeriesData, cfg: SeriesPrepare
+    raw_dir: Path,
+    quarantine_dir: Path,
+    out_dir: Path,
+    data: SeriesData,
+    cfg: SeriesPrepare,
+    executor: Executor | None = None,
 ) -> dict[str, int]:
     """Resample, split in time order and scale the accepted series; write `series.parquet` and
     `meta.json`. Reads the raw store shard by shard (see `read_accepted_series`)."""
-    series = read_accepted_series(raw_dir, quarantine_dir, data, cfg)
+    series = read_accepted_series(raw_dir, quarantine_dir, data, cfg, executor)
     scaled, meta = split_and_scale(series, data, cfg)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

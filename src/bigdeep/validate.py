@@ -75,8 +75,8 @@ def validate(
     identity = getattr(settings.data, dataset).identity
     path = reference_path(references_dir or default_references(dataset), identity)
     reference = load_reference(path, identity=identity)
-    if dataset == "images":
-        with open_executor(settings.compute) as executor:  # decodes the shards: compute.cluster
+    with open_executor(settings.compute) as executor:  # reads and checks shards: compute.cluster
+        if dataset == "images":
             result = gate_images(
                 "images",
                 raw_dir,
@@ -85,13 +85,18 @@ def validate(
                 conversion=settings.prepare.images,  # photos: only convertible, not yet shaped
                 executor=executor,
             )
-    else:
-        # the series gate reads its shards here (docs/scaling.md: what stays single-machine)
-        # ingest stored the source's time column as `timestamp` (the canonical name)
-        names = settings.data.series.model_copy(update={"timestamp": "timestamp"})
-        result = gate_series(
-            "series", raw_dir, settings.quality.series, names, reference=reference, now=now
-        )
+        else:
+            # ingest stored the source's time column as `timestamp` (the canonical name)
+            names = settings.data.series.model_copy(update={"timestamp": "timestamp"})
+            result = gate_series(
+                "series",
+                raw_dir,
+                settings.quality.series,
+                names,
+                reference=reference,
+                now=now,
+                executor=executor,
+            )
     write_report(result, report_path.parent)
     write_docs(result, report_path.parent / "docs")
     write_quarantine(result, raw_dir, quarantine_dir)

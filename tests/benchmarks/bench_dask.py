@@ -9,8 +9,9 @@ images  ingest of the same generated digits from a folder source (one PNG file e
         PNG-encode them); validate (profile + Great Expectations gate, quarantine written)
         and prepare of a raw store of generated digits (bench_quality.make_images: 2,000-image
         shards);
-series  ingest of a CSV source (5 columns, 1-minute grid, bench_quality.make_series) and
-        validate of what it wrote (100,000-row shards).
+series  ingest of a CSV source (5 columns, 1-minute grid, bench_quality.make_series),
+        validate of what it wrote (100,000-row shards; quarantine written) and prepare
+        (resampled to 1 h, split, scaled).
 
 Each (dataset, cluster) runs in its own process, so the driver's peak memory (ru_maxrss) is
 its own; a worker's peak is read on the worker (`client.run`) before the cluster closes.
@@ -188,7 +189,8 @@ def measure_series(csv: Path, cluster: str, work: Path) -> dict:
     from bigdeep.data.sources import arrow_safe, iter_series, open_series
     from bigdeep.data.store import write_shards
     from bigdeep.ingest import rebatch
-    from bigdeep.quality.gate import gate_series
+    from bigdeep.prepare import prepare_series
+    from bigdeep.quality.gate import gate_series, write_quarantine
 
     s = _settings(cluster, csv)
     cfg = s.data.series
@@ -201,16 +203,21 @@ def measure_series(csv: Path, cluster: str, work: Path) -> dict:
         rows = write_shards(shards, raw, ex)  # what ingest_series does
         t2 = time.perf_counter()
         names = cfg.model_copy(update={"timestamp": "timestamp"})
-        result = gate_series("series", raw, s.quality.series, names)
+        result = gate_series("series", raw, s.quality.series, names, executor=ex)
+        write_quarantine(result, raw, work / "quarantine")
         t3 = time.perf_counter()
+        prepare_series(raw, work / "quarantine", work / "processed", cfg, s.prepare.series, ex)
+        t4 = time.perf_counter()
         workers = _workers(ex)
     return {
         "rows": rows,
         "start_s": t1 - t0,
         "ingest_s": t2 - t1,
         "validate_s": t3 - t2,
+        "prepare_s": t4 - t3,
         "ingest_per_s": rows / (t2 - t1),
         "validate_per_s": rows / (t3 - t2),
+        "prepare_per_s": rows / (t4 - t3),
         "passed": result.passed,
     } | _usage_fields(workers, len(list(raw.glob("part-*.parquet"))))
 
@@ -281,7 +288,7 @@ def main() -> None:
     if args.rows:
         csv = make_csv(args.data, args.rows)
         res = {c: _child("series", csv, c, args.data / f"work-series-{c}") for c in args.clusters}
-        _table("series (ingest + validate)", res, ["ingest", "validate"])
+        _table("series (ingest + validate + prepare)", res, ["ingest", "validate", "prepare"])
     print(f"\nload after: {os.getloadavg()[0]:.2f} (1 min)")
 
 

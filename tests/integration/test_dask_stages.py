@@ -1,13 +1,15 @@
-"""The image stages on a real local Dask cluster (2 worker processes) give the same bytes as
-in-process; ingest reads the image files on the workers, and a file it cannot read there is
-named as in-process; a worker killed mid-stage changes nothing; a lost cluster fails cleanly.
+"""The image and series stages on a real local Dask cluster (2 worker processes) give the same
+bytes as in-process; ingest reads the image files on the workers, and a file it cannot read
+there is named as in-process; a worker killed mid-stage changes nothing; a lost cluster fails
+cleanly.
 
 Shards, report, quarantine and prepared splits are compared byte for byte: the merge in
-shard order is what makes `dvc.lock` independent of compute.cluster.
+shard (chunk) order is what makes `dvc.lock` independent of compute.cluster.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -22,12 +24,13 @@ import yaml
 
 from bigdeep import ingest
 from bigdeep.cli import main
-from bigdeep.compute import ComputeError, open_executor
+from bigdeep.compute import ComputeError, DaskExecutor, open_executor
 from bigdeep.config import ComputeSettings, Settings
 from bigdeep.data import sources
 from bigdeep.data.store import IMAGE_SCHEMA, write_shards
-from bigdeep.ingest import ingest_images
-from bigdeep.prepare import prepare_images
+from bigdeep.ingest import ingest_images, ingest_series
+from bigdeep.prepare import prepare_images, prepare_series
+from bigdeep.quality.gate import gate_series, write_quarantine, write_report
 from bigdeep.quality.profile import iter_image_profiles, profile_images
 from bigdeep.validate import validate
 from tests.unit.images import digit, png
@@ -71,10 +74,14 @@ def run_stages(settings: Settings, root: Path) -> dict[str, bytes]:
             settings.seed,
             executor,
         )
-    outputs = ["raw", "quarantine", "processed", "reports/images.json", "reference"]
+    return outputs(root, ["raw", "quarantine", "processed", "reports/images.json", "reference"])
+
+
+def outputs(root: Path, names: list[str]) -> dict[str, bytes]:
+    """Every file's bytes under `names` (files or folders in `root`), by path."""
     return {
         str(p.relative_to(root)): p.read_bytes()
-        for out in outputs
+        for out in names
         for p in sorted([root / out] if (root / out).is_file() else (root / out).rglob("*"))
         if p.is_file()
     }
@@ -341,3 +348,148 @@ def test_a_local_cluster_is_started_and_closed_by_the_stage():
     assert squares == [i * i for i in range(20)]
     assert client.status == "closed"
     assert environ == [None, None]  # glibc's own trim threshold: Dask's doubles PNG encoding
+
+
+# --- series ----------------------------------------------------------------------------------
+
+NOW = pd.Timestamp("2026-01-01", tz="UTC")  # the report's age of the newest row: fixed
+
+
+def run_series(
+    settings: Settings, root: Path, chunk_rows: int | None = None, executor=None
+) -> dict[str, bytes]:
+    """ingest, validate and prepare the series into `root`; every output file's bytes.
+    chunk_rows None: the gate as `bigdeep validate` runs it; else the gate in chunks of
+    `chunk_rows` rows (shards joined and split), on `executor` when one is given."""
+    raw, quarantine = root / "raw", root / "quarantine"
+    ingest_series(settings, raw)
+    with open_executor(settings.compute) as opened:
+        executor = executor or opened
+        if chunk_rows is None:
+            validate(
+                "series", settings, raw, root / "reports/series.json", quarantine,
+                root / "reference", now=NOW,
+            )  # fmt: skip
+        else:
+            names = settings.data.series.model_copy(update={"timestamp": "timestamp"})
+            result = gate_series(
+                "series", raw, settings.quality.series, names, now=NOW,
+                chunk_rows=chunk_rows, executor=executor,
+            )  # fmt: skip
+            write_report(result, root / "reports")
+            write_quarantine(result, raw, quarantine)
+        prepare_series(
+            raw, quarantine, root / "processed", settings.data.series, settings.prepare.series,
+            executor,
+        )  # fmt: skip
+    return outputs(root, ["raw", "quarantine", "processed", "reports/series.json", "reference"])
+
+
+def test_builtin_series_gives_the_same_bytes_on_the_cluster(cluster, tmp_path):
+    local, remote = on(cluster[0], data={"series": {"shard_rows": 5_000}})  # 17,520 rows
+    here = run_series(local, tmp_path / "here")
+    there = run_series(remote, tmp_path / "there")
+    assert sum(name.startswith("raw/part-") for name in here) == 4
+    assert {"processed/series.parquet", "processed/meta.json", "reports/series.json"} <= set(here)
+    assert any(name.startswith("reference/") for name in here)  # it passed: a new reference
+    assert_same(here, there)
+    # in chunks that split and join the shards (7 chunks, 3,000 rows or fewer)
+    here = run_series(local, tmp_path / "here-chunks", chunk_rows=3_000)
+    there = run_series(remote, tmp_path / "there-chunks", chunk_rows=3_000)
+    assert_same(here, there)
+
+
+ROWS = 96  # half-hourly, two days
+
+
+def bad_csv(path: Path) -> Path:
+    """A series with text and a NaN in Demand, a duplicated timestamp, a gap and an e-mail
+    address in a text column (rows are 0-based here)."""
+    frame = pd.DataFrame(
+        {
+            "Time": pd.date_range("2024-01-01", periods=ROWS, freq="30min").strftime(
+                "%Y-%m-%dT%H:%M:%SZ"
+            ),
+            "Demand": [f"{4000 + 10 * i}.5" for i in range(ROWS)],
+            "Temperature": [round(10 + i / 10, 2) for i in range(ROWS)],
+            "note": ["ok"] * ROWS,
+        }
+    )
+    frame.loc[10, "Demand"] = "high"
+    frame.loc[20, "Demand"] = ""  # NaN
+    frame.loc[40, "note"] = "write to jane.doe@example.org"
+    frame.loc[50, "Time"] = frame.loc[49, "Time"]
+    frame = frame.drop(index=70)  # a 1 h step
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(path, index=False)
+    return path
+
+
+def test_series_with_bad_rows_gives_the_same_quarantine_on_the_cluster(cluster, tmp_path):
+    csv = bad_csv(tmp_path / "src/series.csv")
+    local, remote = on(
+        cluster[0],
+        data={"series": {"source": f"csv:{csv}", "last_days": None, "shard_rows": 10}},
+        quality={"series": {"max_gap": "30min", "max_quarantine_fraction": 0.1}},
+    )
+    here = run_series(local, tmp_path / "here", chunk_rows=7)  # 14 chunks of 10 shards
+    there = run_series(remote, tmp_path / "there", chunk_rows=7)
+    assert_same(here, there)
+    report = json.loads(here["reports/series.json"])
+    failed = {e["check"]: e["examples"] for e in report["expectations"] if not e["success"]}
+    # rows are numbered from 1 at ingest: the CSV's row k (0-based) is row k + 1
+    assert failed == {
+        "Demand_present": [21],
+        "Demand_finite": [11],
+        "timestamp_unique": [50, 51],
+        "timestamp_increasing": [51],
+        "gap": [52, 71],  # the duplicate left a 1 h hole too
+        "privacy_email": ["note"],
+        "type_Demand": [],  # text in the chunks holding row 11
+    }
+    assert report["privacy"]["found"]["email"]["note"]["first_rows"] == [41]
+    privacy = pd.read_parquet(tmp_path / "there/quarantine/privacy.parquet")
+    assert privacy["observed"].tolist() == ["write to j***@e***.org"]
+    reasons = pd.read_parquet(tmp_path / "there/quarantine/reasons.parquet")
+    assert sorted(set(reasons["record"].astype(int))) == [11, 21, 50, 51]
+
+
+class KillingExecutor:
+    """A Dask executor that SIGKILLs one worker once each map has given its first result."""
+
+    def __init__(self, executor: DaskExecutor) -> None:
+        self.executor = executor
+        self.killed: list[int] = []
+
+    @property
+    def workers(self) -> int:
+        return self.executor.workers
+
+    def map_ordered(self, fn, items, *args):
+        self.wait_for_two()  # every worker gets the arguments: one can die
+        results = self.executor.map_ordered(fn, items, *args)
+        yield next(results)
+        self.killed.append(kill_one_worker(self.executor.client))
+        yield from results
+
+    def wait_for_two(self, timeout: float = 60) -> None:
+        """Until 2 workers answer, neither of them one killed here (the scheduler may not
+        have seen the last one go yet)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            pids = self.executor.client.run(os.getpid, on_error="ignore").values()
+            if len(set(pids) - set(self.killed)) >= 2:
+                return
+            assert time.monotonic() < deadline, "the nanny did not restart the killed worker"
+            time.sleep(0.2)
+
+
+def test_a_worker_killed_during_the_series_gate_changes_nothing(cluster, tmp_path):
+    local, remote = on(cluster[0], data={"series": {"shard_rows": 2_000}})
+    here = run_series(local, tmp_path / "here", chunk_rows=1_500)  # 12 chunks
+    with open_executor(remote.compute) as executor:
+        killing = KillingExecutor(executor)
+        there = run_series(remote, tmp_path / "there", chunk_rows=1_500, executor=killing)
+        assert len(killing.killed) == 4  # in both passes of the gate and of prepare
+        killing.wait_for_two()  # the nanny started new workers
+    assert_same(here, there)

@@ -61,8 +61,22 @@ def test_sample_is_the_same_whatever_the_chunks_and_close_to_exact():
             s.add(part, hashes(start, len(part)))
         return s.stats()
 
+    def merged(chunk: int, order) -> dict:
+        """Each chunk sampled on its own (a Dask worker), the samples merged in `order`."""
+        parts = []
+        for start in range(0, len(values), chunk):
+            part = values[start : start + chunk]
+            parts.append(RobustSample(size=4_000))
+            parts[-1].add(part, hashes(start, len(part)))
+        total = RobustSample(size=4_000)
+        for sample in order(parts):
+            total.merge(sample)
+        return total.stats()
+
     one, many = sampled(len(values)), sampled(7_919)
     assert one == many
+    assert merged(7_919, list) == one
+    assert merged(20_011, reversed) == one
     assert 4_000 <= one["sampled"] <= 8_000
     finite = values[np.isfinite(values)]
     assert one["count"] == len(finite)

@@ -170,6 +170,25 @@ class ProfileBuilder:
             self.too_many.add(measure)
             del self.categorical[measure]
 
+    def merge(self, other: ProfileBuilder, limit: int | None = MAX_CATEGORIES) -> None:
+        """Add what a builder on the same edges and reference counted of other chunks (on a
+        cluster's worker): the counts `add_numeric` and `add_categories` would have made of
+        them here. `rows` is left to the caller."""
+        for mine, theirs in ((self.own, other.own), (self.on_ref, other.on_ref)):
+            for measure, hist in theirs.items():
+                mine[measure].counts += hist.counts
+        for measure in other.too_many:
+            self.too_many.add(measure)
+            self.categorical.pop(measure, None)
+        for measure, counts in other.categorical.items():
+            if measure in self.too_many:
+                continue
+            mine = self.categorical.setdefault(measure, Counter())
+            mine.update(counts)
+            if limit is not None and len(mine) > limit:
+                self.too_many.add(measure)
+                del self.categorical[measure]
+
     def profile(self) -> dict[str, Any]:
         """The reference profile to save if this version is accepted."""
         profile = {

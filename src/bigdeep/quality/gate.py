@@ -7,8 +7,10 @@
     if result.passed: write_reference(result.profile, reference.path)   # the new accepted version
     else: stop before training
 
-`gate_images` / `gate_series` stream the raw store chunk by chunk (bounded memory);
-`run_gate` validates a table already in memory (a profile or a series) the same way.
+`gate_images` / `gate_series` stream the raw store chunk by chunk (bounded memory), in this
+process or on a Dask cluster's workers (`executor`, bigdeep.compute: the chunks are the same
+and are merged here in order, so the outputs are too); `run_gate` validates a table already
+in memory (a profile or a series) the same way.
 Record-level checks run on every chunk and their results are merged; dataset-level checks
 (row count, drop, classes, balance, drift, freshness) run once on small tables built from
 what the chunks added up to. The gate fails when the dataset is empty, when a critical
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from bigdeep.compute import Executor
+from bigdeep.compute import Executor, InProcess
 from bigdeep.config import ImagePrepare, ImageQuality, SeriesData, SeriesQuality
 from bigdeep.data.images import conversion_text
 from bigdeep.data.store import shard_paths
@@ -46,8 +48,23 @@ from bigdeep.quality.profile import (
     empty_profile,
     iter_image_profiles,
 )
-from bigdeep.quality.ranges import RobustSample, add_finite_columns, hashes, value_ranges
-from bigdeep.quality.results import QUARANTINE_COLUMNS, Run, Table, Verdict, iso, plain
+from bigdeep.quality.ranges import (
+    RobustSample,
+    ValueRange,
+    add_finite_columns,
+    hashes,
+    value_ranges,
+)
+from bigdeep.quality.results import (
+    QUARANTINE_COLUMNS,
+    Run,
+    Table,
+    Validated,
+    Verdict,
+    iso,
+    plain,
+    run_suite,
+)
 from bigdeep.quality.suites import (
     CLASS_COLUMNS,
     DRIFT_COLUMNS,
@@ -61,9 +78,12 @@ from bigdeep.quality.suites import (
     summary_suite,
 )
 from bigdeep.quality.timeline import (
+    NAT,
     ZONE_COLUMN,
     Deriver,
+    Timeline,
     TimelineBuilder,
+    timeline_piece,
 )
 
 # Series rows per GX validation: GX costs ~0.2 s a run whatever its size, ~1 us a row after.
@@ -139,7 +159,8 @@ def run_gate(
     if isinstance(settings, SeriesQuality):
         if data is None:
             raise TypeError("run_gate: a series needs data=SeriesData(...) to name its columns")
-        return _gate_series(name, lambda _: iter([table]), settings, data, reference, now)
+        chunks = [SeriesChunk(0, frame=table)]
+        return _gate_series(name, chunks, settings, data, reference, now, None)
     raise TypeError(f"run_gate: settings must be ImageQuality or SeriesQuality, got {settings!r}")
 
 
@@ -176,34 +197,68 @@ def gate_series(
     reference: Reference | None = None,
     now: pd.Timestamp | None = None,
     chunk_rows: int = SERIES_CHUNK_ROWS,
+    executor: Executor | None = None,
 ) -> GateResult:
     """Validate the raw series store chunk by chunk: one pass over its timestamps (8 bytes per
-    row), then one over its rows, about `chunk_rows` at a time (shards are split or joined)."""
-    paths = shard_paths(shards_dir, empty_ok=True)
+    row), then one over its rows, about `chunk_rows` at a time (shards are split or joined:
+    `plan_series`). Each chunk is read and checked in this process, or on a Dask cluster's
+    workers (`executor`, bigdeep.compute); the chunks are the same either way, and are merged
+    here in order, so the outputs are too."""
+    chunks = plan_series(shard_paths(shards_dir, empty_ok=True), chunk_rows)
+    return _gate_series(name, chunks, settings, data, reference, now, executor)
 
-    def batches(columns: list[str] | None) -> Iterator[pd.DataFrame]:
-        for path in paths:
-            names = pq.read_schema(path).names
-            # the zone has a few distinct values: read as a category, not as 8 bytes of text a row
-            file = pq.ParquetFile(path, read_dictionary=[c for c in [ZONE_COLUMN] if c in names])
-            wanted = None if columns is None else [c for c in columns if c in names]
-            if file.metadata.num_rows == 0:  # keeps a header-only shard's columns
-                yield file.read(columns=wanted).to_pandas()
-                continue
-            for batch in file.iter_batches(batch_size=chunk_rows, columns=wanted):
-                yield pa.Table.from_batches([batch]).to_pandas()
 
-    def chunks(columns: list[str] | None) -> Iterator[pd.DataFrame]:
-        pending: list[pd.DataFrame] = []
-        for frame in batches(columns):
-            pending.append(frame)
-            if sum(len(f) for f in pending) >= chunk_rows:
-                yield _join_frames(pending)
-                pending = []
-        if pending:
-            yield _join_frames(pending)
+@dataclass(frozen=True)
+class SeriesChunk:
+    """Rows start .. start + rows - 1 of a series, validated by one GX run: slices
+    (path, first row, end row) of its shards, read and joined; or a table already in memory."""
 
-    return _gate_series(name, chunks, settings, data, reference, now)
+    start: int
+    slices: tuple[tuple[str, int, int], ...] = ()
+    frame: pd.DataFrame | None = None
+
+
+def plan_series(paths: list[Path], chunk_rows: int) -> list[SeriesChunk]:
+    """The chunks of a store, from its Parquet metadata: each shard cut every `chunk_rows`
+    rows, consecutive pieces joined until they hold `chunk_rows` (a header-only shard is a
+    piece of no rows: it keeps its columns)."""
+    chunks, pending, start, rows = [], [], 0, 0
+    for path in paths:
+        n = pq.read_metadata(path).num_rows
+        for first in range(0, max(n, 1), chunk_rows):
+            pending.append((str(path), first, min(n, first + chunk_rows)))
+            rows += min(n, first + chunk_rows) - first
+            if rows >= chunk_rows:
+                chunks.append(SeriesChunk(start, tuple(pending)))
+                pending, start, rows = [], start + rows, 0
+    if pending:
+        chunks.append(SeriesChunk(start, tuple(pending)))
+    return chunks
+
+
+def read_chunk(chunk: SeriesChunk, columns: list[str] | None) -> pd.DataFrame:
+    """A chunk's rows: `columns` of them (those its shards have; None: all); a table in memory
+    as it is."""
+    if chunk.frame is not None:
+        return chunk.frame
+    return _join_frames([_read_slice(*piece, columns) for piece in chunk.slices])
+
+
+def _read_slice(path: str, first: int, end: int, columns: list[str] | None) -> pd.DataFrame:
+    names = pq.read_schema(path).names
+    # the zone has a few distinct values: read as a category, not as 8 bytes of text a row
+    file = pq.ParquetFile(path, read_dictionary=[c for c in [ZONE_COLUMN] if c in names])
+    wanted = None if columns is None else [c for c in columns if c in names]
+    groups, at, offset = [], 0, 0  # the row groups holding the slice; its start in the first
+    for i in range(file.metadata.num_row_groups):
+        n = file.metadata.row_group(i).num_rows
+        if at < end and at + n > first:
+            offset = offset if groups else first - at
+            groups.append(i)
+        at += n
+    if not groups:  # no rows: keeps a header-only shard's columns
+        return file.read(columns=wanted).to_pandas()
+    return file.read_row_groups(groups, columns=wanted).slice(offset, end - first).to_pandas()
 
 
 def _join_frames(frames: list[pd.DataFrame]) -> pd.DataFrame:
@@ -319,30 +374,30 @@ def _shapes_report(sizes: Counter, modes: Counter, conversion: str) -> dict[str,
 
 def _gate_series(
     name: str,
-    chunks: Callable[[list[str] | None], Iterator[pd.DataFrame]],
+    chunks: list[SeriesChunk],
     settings: SeriesQuality,
     data: SeriesData,
     reference: Reference | None,
     now: pd.Timestamp | None,
+    executor: Executor | None,
 ) -> GateResult:
     s, ts = settings, data.timestamp
+    ex = executor or InProcess()
     values = [data.target, *data.features]
     ref = reference.profile if reference else None
 
-    # pass 1: the timeline (timestamps and zones), the value ranges and the columns seen
+    # pass 1: the timeline (timestamps and zones) and the value ranges, chunk by chunk
     timeline_builder = TimelineBuilder(s.freq, s.max_gap)
     samples = {c: RobustSample() for c in values}  # min, max, median and spread of each
-    seen: list[str] = []
-    position = 0
-    for frame in chunks([ts, ZONE_COLUMN, *values, "row"]):
-        if ts in frame:
-            timeline_builder.add(frame[ts], frame[ZONE_COLUMN] if ZONE_COLUMN in frame else None)
-        row_hashes = hashes(position, len(frame))
-        position += len(frame)
-        for c in values:
-            if c in frame:
-                v = pd.to_numeric(frame[c], errors="coerce").to_numpy(np.float64)
-                samples[c].add(v, row_hashes)
+    before: list[int] = []  # per chunk: the timestamp of the row before its first (micros)
+    last = NAT
+    for part in ex.map_ordered(_series_timeline, chunks, ts, values):
+        before.append(last)
+        if part.timeline is not None:
+            timeline_builder.add(part.timeline)
+            last = int(part.timeline[0][-1]) if len(part.timeline[0]) else last
+        for c, sample in part.samples.items():
+            samples[c].merge(sample)
     timeline = timeline_builder.build()
     edges = {c: edges_between(samples[c].low, samples[c].high) for c in values}
     own = {c: samples[c].stats() for c in values}
@@ -364,37 +419,18 @@ def _gate_series(
     builder = ProfileBuilder(name, edges, ref)
     builder.robust = {c: stats for c, stats in own.items() if stats is not None}
     required = ["row", ts, *values]
-    deriver = Deriver(timeline, ts)
 
-    # pass 2: every row (a value column that is text in a chunk gets the regex finite check)
-    suites = {frozenset(values): records}
+    # pass 2: every row, checked where its chunk is read; merged here in chunk order
+    check = _SeriesCheck(name, s, data, timeline, ranges, edges, ref)
+    seen: list[str] = []
     rows = 0
-    for frame in chunks(None):
-        for c in frame.columns:
-            if c not in seen:
-                seen.append(c)
-        if "row" not in frame.columns:
-            raise ValueError(
-                f"{name}: table has no 'row' column to name its records "
-                f"(columns: {', '.join(map(str, frame.columns))})"
-            )
-        if findings is not None:
-            frame = findings.scan(frame)
-        numeric = frozenset(c for c in values if c in frame and _numeric(frame[c]))
-        if numeric not in suites:
-            suites[numeric] = series_suite(data, s, timeline, numeric, ranges)
-        table = deriver.derive(frame)
-        add_finite_columns(table, [c for c in numeric if ranges[c].checked])
-        run.validate(suites[numeric], Table(table, "row", ts, "rows", required))
-        rows += len(frame)
-        for c in values:
-            if c in frame:
-                builder.add_numeric(
-                    c, pd.to_numeric(frame[c], errors="coerce").to_numpy(np.float64)
-                )
-        for c in frame.columns:
-            if c not in required and c != ZONE_COLUMN and _categorical(frame[c]):
-                builder.add_categories(c, frame[c])
+    for part in ex.map_ordered(_series_rows, list(zip(chunks, before, strict=True)), check):
+        seen += [c for c in part.columns if c not in seen]
+        if findings is not None and part.findings is not None:
+            findings.merge(part.findings)
+        run.absorb(part.validated)
+        builder.merge(part.profile)
+        rows += part.rows
     if rows == 0 and not run.ran(records):
         run.validate(records, Table(pd.DataFrame({"row": pd.Series(dtype="int64")}), "row"))
     builder.rows = rows
@@ -443,6 +479,90 @@ def _gate_series(
     if findings is not None:
         result.privacy, result.privacy_types = findings.records(), tuple(findings.types)
     return result
+
+
+@dataclass
+class _TimelinePart:
+    """What pass 1 takes from one chunk: its `timeline_piece` (None without the timestamp
+    column) and a sample of each value column's numbers."""
+
+    timeline: tuple[np.ndarray, Counter[str]] | None
+    samples: dict[str, RobustSample]
+
+
+def _series_timeline(chunk: SeriesChunk, ts: str, values: list[str]) -> _TimelinePart:
+    """Pass 1 on one chunk (runs where it is read: a worker of a cluster)."""
+    frame = read_chunk(chunk, [ts, ZONE_COLUMN, *values, "row"])
+    piece = None
+    if ts in frame:
+        piece = timeline_piece(frame[ts], frame[ZONE_COLUMN] if ZONE_COLUMN in frame else None)
+    row_hashes = hashes(chunk.start, len(frame))  # the sample is the same however it is cut
+    samples = {}
+    for c in values:
+        if c in frame:
+            samples[c] = RobustSample()
+            samples[c].add(
+                pd.to_numeric(frame[c], errors="coerce").to_numpy(np.float64), row_hashes
+            )
+    return _TimelinePart(piece, samples)
+
+
+@dataclass
+class _SeriesCheck:
+    """What pass 2 needs of pass 1, sent to every worker once."""
+
+    name: str
+    settings: SeriesQuality
+    data: SeriesData
+    timeline: Timeline
+    ranges: dict[str, ValueRange]
+    edges: dict[str, np.ndarray]
+    reference: dict | None
+
+
+@dataclass
+class _RowsPart:
+    """What pass 2 takes from one chunk, to merge in chunk order."""
+
+    rows: int
+    columns: list[str]
+    findings: Findings | None  # the personal data found in it (privacy on)
+    validated: Validated  # its GX results (results.py)
+    profile: ProfileBuilder  # its histograms and category counts
+
+
+def _series_rows(item: tuple[SeriesChunk, int], job: _SeriesCheck) -> _RowsPart:
+    """Pass 2 on one chunk (runs where it is read): the privacy scan, the derived timeline
+    columns, Great Expectations, the drift counts. A value column that is text in the chunk
+    gets the regex finite check (its own suite)."""
+    chunk, before = item
+    s, data, ts = job.settings, job.data, job.data.timestamp
+    values = [data.target, *data.features]
+    required = ["row", ts, *values]
+    frame = read_chunk(chunk, None)
+    columns = list(frame.columns)
+    if "row" not in frame.columns:
+        raise ValueError(
+            f"{job.name}: table has no 'row' column to name its records "
+            f"(columns: {', '.join(map(str, frame.columns))})"
+        )
+    findings = None
+    if s.privacy.policy != "off":
+        findings = Findings(s.privacy.types, skip=[ts, ZONE_COLUMN], key="row")
+        frame = findings.scan(frame)
+    numeric = frozenset(c for c in values if c in frame and _numeric(frame[c]))
+    table = Deriver(job.timeline, ts, chunk.start, before).derive(frame)
+    add_finite_columns(table, [c for c in numeric if job.ranges[c].checked])
+    suite = series_suite(data, s, job.timeline, numeric, job.ranges)
+    validated = run_suite(job.name, suite, Table(table, "row", ts, "rows", required))
+    builder = ProfileBuilder(job.name, job.edges, job.reference)
+    for c in values:
+        if c in frame:
+            builder.add_numeric(c, pd.to_numeric(frame[c], errors="coerce").to_numpy(np.float64))
+    for c in frame.columns:
+        if c not in required and c != ZONE_COLUMN and _categorical(frame[c]):
+            builder.add_categories(c, frame[c])
+    return _RowsPart(len(frame), columns, findings, validated, builder)
 
 
 def _privacy_table(findings: Findings) -> pd.DataFrame:

@@ -349,6 +349,7 @@ class Findings:
         findings = Findings(["email", "phone"], skip=["row", "timestamp"])
         for frame in chunks:
             frame = findings.scan(frame)   # text columns masked; use this frame from here on
+        findings.merge(later)              # or: a Findings that scanned later chunks elsewhere
     """
 
     def __init__(self, types: Iterable[str], skip: Iterable[str] = (), key: str = "row") -> None:
@@ -390,6 +391,17 @@ class Findings:
                     )
                 )
         return out
+
+    def merge(self, other: Findings) -> None:
+        """Add what `other` (the same types) found in the chunks after this one's (scanned on
+        a cluster's worker), as if this one had scanned them."""
+        self.columns += [c for c in other.columns if c not in self.columns]
+        for key, theirs in other.found.items():
+            f = self.found.setdefault(key, _Found())
+            f.rows += theirs.rows
+            f.listed += theirs.listed[: ROWS_LISTED - len(f.listed)]
+            f.example = f.example or theirs.example
+        self._records += other._records
 
     def rows(self, kind: str, column: str) -> int:
         f = self.found.get((kind, column))

@@ -11,11 +11,14 @@ The median and deviations come from the last accepted version (stored in its ref
 profile, `robust`), or, with no reference yet, from the data itself. They are measured on a
 sample of at most 2 x SAMPLE values per column, the same whatever the chunking: a row is in
 the sample when a hash of its position has its low bits zero, and when the sample fills up,
-one more bit must be zero (half the sample goes, evenly). Bounds set in params.yaml
-(`quality.series.bounds`) replace the robust bound on their side.
+one more bit must be zero (half the sample goes, evenly). So the bits end as the fewest that
+leave at most 2 x SAMPLE of all the rows, and samples of chunks taken apart (on the workers
+of a cluster) merge into the same sample. Bounds set in params.yaml (`quality.series.bounds`)
+replace the robust bound on their side.
 
     sample = RobustSample()
     sample.add(values, hashes(start, len(values)))   # chunk by chunk, in row order
+    sample.merge(other)         # or: another chunk's sample, taken where that chunk was read
     stats = sample.stats()      # {"median": 4596.3, "low_scale": 970.1, "high_scale": 834.9, ...}
     accepted_range(stats, 20)   # (-14806, 21294): median - 20 low_scale, median + 20 high_scale
 """
@@ -79,6 +82,24 @@ class RobustSample:
         self.keys.append(row_hashes[keep])
         self.values.append(values[keep])
         self.kept += int(keep.sum())
+        self._shrink()
+
+    def merge(self, other: RobustSample) -> None:
+        """Add the sample of other rows (the same size, their own hashes): the sample `add`
+        makes of both sets of rows, in any order."""
+        if not other.count:
+            return
+        self.count += other.count
+        self.low, self.high = min(self.low, other.low), max(self.high, other.high)
+        self.mask = max(self.mask, other.mask)
+        keys = np.concatenate([*self.keys, *other.keys])
+        values = np.concatenate([*self.values, *other.values])
+        keep = (keys & self.mask) == 0
+        self.keys, self.values, self.kept = [keys[keep]], [values[keep]], int(keep.sum())
+        self._shrink()
+
+    def _shrink(self) -> None:
+        """One more bit must be zero while the sample holds over 2 x size values."""
         while self.kept > 2 * self.size:
             keys, values = np.concatenate(self.keys), np.concatenate(self.values)
             self.mask = (self.mask << np.uint64(1)) | np.uint64(1)

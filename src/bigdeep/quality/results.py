@@ -10,6 +10,10 @@ sentences (its row's `says`, formatted from the fields in `suites.py`), quaranti
     for chunk in chunks:
         run.validate(records, Table(chunk, "record_id"))
     verdict = run.verdict(rows, max_quarantine_fraction, "records")
+
+`Run.validate` is `run_suite` (GX, where the table is: a cluster's worker for a chunk of a
+series) then `Run.absorb` (here, in chunk order); what passes between them is small and
+pickles: GX's results and the few rows the sentences read (`Validated`).
 """
 
 from __future__ import annotations
@@ -276,21 +280,13 @@ class Run:
         return any(self.checks[c.name].runs for c in suite.checks)
 
     def validate(self, suite: Suite, table: Table) -> None:
-        if table.key not in table.frame.columns:
-            raise ValueError(
-                f"{self.name}: table has no {table.key!r} column to name its records "
-                f"(columns: {', '.join(map(str, table.frame.columns))})"
-            )
-        batch = _batch_definition().get_batch(batch_parameters={"dataframe": table.frame})
-        result = batch.validate(
-            suite.gx,
-            result_format={
-                "result_format": "COMPLETE",
-                "unexpected_index_column_names": [table.key],
-            },
-        )
-        for r in result.results:
-            self.checks[r.expectation_config.meta["check"]].absorb(r, table)
+        self.absorb(run_suite(self.name, suite, table))
+
+    def absorb(self, validated: Validated) -> None:
+        """Fold one table's results into the checks (tables in order: the first examples and
+        sentences are the first table's)."""
+        for r in validated.results:
+            self.checks[r.expectation_config.meta["check"]].absorb(r, validated.table)
 
     def cannot_run(self, checks: list[str], why: str) -> None:
         for check in checks:
@@ -346,6 +342,56 @@ class Run:
             quarantine=quarantine,
             validation=_suite_result(name, passed, outcomes),
         )
+
+
+@dataclass
+class Validated:
+    """One table's GX results (less what `_Merged.absorb` does not read: `_UNREAD`, and the
+    rows a table-wide check names) and the rows of the table that it reads: the first (a
+    table-wide sentence's `rec`, `observe`) and every row GX named (by key: sentences, values,
+    timestamps). Every column, and so every dtype, is kept."""
+
+    results: list[Any]  # GX ExpectationValidationResult, one per expectation, in suite order
+    table: Table
+
+
+# What GX's COMPLETE format lists that absorb does not read (each failing value, up to three
+# times more): left out of what goes back to the driver.
+_UNREAD = ["unexpected_list", "unexpected_index_query", "partial_unexpected_list"]
+_UNREAD += ["partial_unexpected_index_list", "partial_unexpected_counts"]
+
+
+def run_suite(name: str, suite: Suite, table: Table) -> Validated:
+    """Validate `table` with GX (this process's context, `_batch_definition`)."""
+    if table.key not in table.frame.columns:
+        raise ValueError(
+            f"{name}: table has no {table.key!r} column to name its records "
+            f"(columns: {', '.join(map(str, table.frame.columns))})"
+        )
+    batch = _batch_definition().get_batch(batch_parameters={"dataframe": table.frame})
+    result = batch.validate(
+        suite.gx,
+        result_format={
+            "result_format": "COMPLETE",
+            "unexpected_index_column_names": [table.key],
+        },
+    )
+    once = {c.name for c in suite.checks if c.once}
+    for r in result.results:
+        for unread in _UNREAD:
+            r.result.pop(unread, None)
+        if r.expectation_config.meta["check"] in once:  # its sentence reads the first row
+            r.result.pop("unexpected_index_list", None)
+    named = {
+        u[table.key]
+        for r in result.results
+        if not r.success
+        for u in (r.result.get("unexpected_index_list") or [])
+    }
+    keys = table.frame[table.key]
+    wanted = keys.isin(named).to_numpy() | (np.arange(len(keys)) == 0)
+    small = Table(table.frame[wanted], table.key, table.timestamp, table.noun, table.expected)
+    return Validated(list(result.results), small)
 
 
 def _suite_result(name: str, passed: bool, outcomes: list[_Outcome]) -> Any:

@@ -1,9 +1,12 @@
 """What a series' timestamps say as a whole, and the per-row columns derived from it.
 
 Uniqueness, regular frequency and one timezone are facts about the whole series, but the
-gate validates it shard by shard. So a first pass reads only the timestamps (8 bytes per
-row) and their zones into a `Timeline`; `derive` then adds to each shard the per-row
-columns that Great Expectations checks:
+gate validates it chunk by chunk. So a first pass reads only the timestamps (8 bytes per
+row) and their zones into a `Timeline` (`timeline_piece` where a chunk is read, then
+`TimelineBuilder.add` in row order); a `Deriver` then adds to each chunk the per-row columns
+that Great Expectations checks. The Timeline names rows by their position in the series, so
+a chunk is derived on its own, wherever it is, given its first row's position and the
+timestamp of the row before it:
 
     ts_repeats          rows sharing this row's timestamp (1 when unique)
     ts_after_previous_s seconds after the previous row (<= 0: not increasing)
@@ -23,7 +26,7 @@ import pandas as pd
 
 ZONE_COLUMN = "timestamp_zone"  # written by ingest: the zone as the source wrote it
 DERIVED = ["ts_repeats", "ts_after_previous_s", "ts_gap_s", "ts_on_grid", "ts_zone_offset"]
-_NAT = np.iinfo(np.int64).min
+NAT = np.iinfo(np.int64).min  # a missing or unparsable timestamp, in `micros`
 SAMPLE = 1_000_000  # timestamps sampled (evenly) to find the most common step and phase
 
 
@@ -40,13 +43,29 @@ class Timeline:
     repeat_n: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
     newest_us: int | None = None
     gap_limit_us: int | None = None  # holes longer than this are gaps
-    # gaps between the sorted distinct timestamps: where each ends (sorted) and its length
-    gap_end: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    # gaps between the sorted distinct timestamps: the position of the first row at each
+    # gap's end (sorted), and the gap's length
+    gap_at: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
     gap_us: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
 
     @property
     def freq(self) -> str | None:
         return None if self.freq_us is None else duration_text(self.freq_us / 1e6)
+
+
+def timeline_piece(
+    timestamps: pd.Series, zones: pd.Series | None
+) -> tuple[np.ndarray, Counter[str]]:
+    """What one chunk adds to the timeline: its timestamps (`micros`, 8 bytes a row) and its
+    rows per zone as written (runs where the chunk is read)."""
+    counts: Counter[str] = Counter()
+    if zones is not None:
+        counts.update({str(k): int(v) for k, v in zones.value_counts().items() if v})
+    elif isinstance(timestamps.dtype, pd.DatetimeTZDtype):
+        counts[str(timestamps.dt.tz)] += int(timestamps.notna().sum())
+    else:
+        counts["naive"] += int(timestamps.notna().sum())
+    return micros(timestamps), counts
 
 
 class TimelineBuilder:
@@ -58,20 +77,17 @@ class TimelineBuilder:
         self.parts: list[np.ndarray] = []
         self.zones: Counter[str] = Counter()
 
-    def add(self, timestamps: pd.Series, zones: pd.Series | None) -> None:
-        self.parts.append(micros(timestamps))
-        if zones is not None:
-            self.zones.update({str(k): int(v) for k, v in zones.value_counts().items() if v})
-        elif isinstance(timestamps.dtype, pd.DatetimeTZDtype):
-            self.zones[str(timestamps.dt.tz)] += int(timestamps.notna().sum())
-        else:
-            self.zones["naive"] += int(timestamps.notna().sum())
+    def add(self, piece: tuple[np.ndarray, Counter[str]]) -> None:
+        """Add the next chunk's `timeline_piece`, in row order."""
+        timestamps, zones = piece
+        self.parts.append(timestamps)
+        self.zones.update(zones)
 
     def build(self) -> Timeline:
         """Duplicates, the frequency and its phase, gaps. Peak memory ~3 x 8 bytes a row."""
         ts = np.concatenate(self.parts) if self.parts else np.empty(0, dtype=np.int64)
         self.parts = []
-        valid = ts != _NAT
+        valid = ts != NAT
         good = ts[valid]
         good.sort()  # (valid rows,) in time order: repeats are neighbours, steps are gaps
         timeline = Timeline(rows=len(ts), zones=dict(self.zones))
@@ -85,7 +101,7 @@ class TimelineBuilder:
             timeline.repeat_at = np.flatnonzero(valid & (shared[at] == ts))
             n = np.searchsorted(good, shared, "right") - np.searchsorted(good, shared, "left")
             timeline.repeat_n = n[at[timeline.repeat_at]]
-        del ts, valid
+            del at
 
         steps = np.diff(good)  # (valid rows - 1,) between time-ordered timestamps
         # The frequency and phase are modes; a strided sample of at most ~1M finds them.
@@ -101,13 +117,33 @@ class TimelineBuilder:
         if limit:
             timeline.gap_limit_us = int(limit)
             over = np.flatnonzero(steps > limit)
-            timeline.gap_end, timeline.gap_us = good[over + 1], steps[over]
+            # the first row at a gap's end carries it (a gap is named once, whatever repeats)
+            at = _first_rows(ts, good[over + 1])
+            order = np.argsort(at)
+            timeline.gap_at, timeline.gap_us = at[order], steps[over][order]
+        del ts, valid
         kinds: Counter[str] = Counter()
         for zone, n in self.zones.items():
             kinds[zone_kind(zone)] += n
         if kinds:
             timeline.zone_kind = kinds.most_common(1)[0][0]
         return timeline
+
+
+def _first_rows(ts: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """The position of the first row of `ts` holding each of `values` (sorted, distinct, each
+    held by some row), read SAMPLE rows at a time (no second array as long as `ts`)."""
+    first = np.full(len(values), -1, dtype=np.int64)
+    if not len(values):
+        return first
+    for start in range(0, len(ts), SAMPLE):
+        block = ts[start : start + SAMPLE]
+        at = np.searchsorted(values, block).clip(max=len(values) - 1)
+        hit = np.flatnonzero(values[at] == block)
+        found, where = np.unique(at[hit], return_index=True)  # the first hit of each value
+        new = first[found] < 0
+        first[found[new]] = start + hit[where[new]]
+    return first
 
 
 def _mode(values: np.ndarray) -> int | None:
@@ -136,15 +172,17 @@ def micros(timestamps: pd.Series) -> np.ndarray:
 
 
 class Deriver:
-    """Adds the DERIVED columns to consecutive chunks of one series (keeps the last row's
-    timestamp and the latest timestamp so far across chunk boundaries)."""
+    """Adds the DERIVED columns to a chunk of one series, or to consecutive chunks: `start` is
+    the position of the first row, `previous` the timestamp of the row before it (`micros`;
+    the Timeline's first pass knows both for every chunk)."""
 
-    def __init__(self, timeline: Timeline, timestamp: str) -> None:
+    def __init__(
+        self, timeline: Timeline, timestamp: str, start: int = 0, previous: int = NAT
+    ) -> None:
         self.t = timeline
         self.timestamp = timestamp
-        self.position = 0  # rows seen
-        self.previous = _NAT  # the previous row's timestamp
-        self.gaps_named: set[int] = set()  # gap ends already put on a row
+        self.position = start  # the next row's position
+        self.previous = previous  # the previous row's timestamp
 
     def derive(self, frame: pd.DataFrame) -> pd.DataFrame:
         n = len(frame)
@@ -153,7 +191,7 @@ class Deriver:
             self.position += n
             return frame
         ts = micros(frame[self.timestamp])
-        valid = ts != _NAT
+        valid = ts != NAT
         start = self.position
 
         repeats = pd.array(np.ones(n, dtype=np.int64), dtype="Int64")
@@ -164,17 +202,12 @@ class Deriver:
 
         previous = np.concatenate([[self.previous], ts[:-1]])  # (n,) each row's predecessor
         after = (ts - previous) / 1e6
-        after[~valid | (previous == _NAT)] = np.nan
+        after[~valid | (previous == NAT)] = np.nan
         frame["ts_after_previous_s"] = after
 
         gap = np.full(n, np.nan)
-        if len(self.t.gap_end):
-            at = np.searchsorted(self.t.gap_end, ts).clip(max=len(self.t.gap_end) - 1)
-            for i in np.flatnonzero(valid & (self.t.gap_end[at] == ts)):
-                end = int(ts[i])
-                if end not in self.gaps_named:  # the first row at that time carries it
-                    self.gaps_named.add(end)
-                    gap[i] = self.t.gap_us[at[i]] / 1e6
+        lo, hi = np.searchsorted(self.t.gap_at, [start, start + n])
+        gap[self.t.gap_at[lo:hi] - start] = self.t.gap_us[lo:hi] / 1e6
         frame["ts_gap_s"] = gap
 
         if self.t.freq_us and self.t.phase_us is not None:
