@@ -429,7 +429,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     info = _lineage(args)
     from dvc.repo import Repo
 
-    from bigdeep.remote import fetch
+    from bigdeep.remote import fetch, refetch
 
     with Repo(".") as repo:  # the workspace cache first, then every local remote
         cache = Path(repo.cache.local.path).parents[1]
@@ -450,7 +450,9 @@ def cmd_restore(args: argparse.Namespace) -> int:
                 return EXIT_FAILED
             dest = Path(info["data"][f"{dataset}.path"])
             try:
-                restored = restore_dir(md5, dest, stores, repair=cache)
+                restored = restore_dir(
+                    md5, dest, stores, repair=cache, refetch=lambda m: refetch(repo, m)
+                )
             except RestoreError as e:
                 print(f"bigdeep restore: {args.ref}: {dataset} data: {e}", file=sys.stderr)
                 return EXIT_FAILED

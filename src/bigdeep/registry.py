@@ -417,19 +417,36 @@ def _intact_object(stores: list[Path], md5: str, what: str) -> tuple[Path, list[
     )
 
 
-def restore_dir(md5: str, dest: Path, stores: list[Path], repair: Path | None = None) -> Restored:
+def restore_dir(
+    md5: str,
+    dest: Path,
+    stores: list[Path],
+    repair: Path | None = None,
+    refetch: Callable[[str], str | None] | None = None,
+) -> Restored:
     """Rebuild the directory whose DVC md5 is `md5` at `dest` from the stores, in order.
 
     `stores` are DVC caches or local remotes (same layout). Every object is checked against
     its md5 as it is read: a corrupt one is taken from the next store holding an intact copy
     (e.g. the remote, when the cache is damaged) and, when it lay in the store `repair`
-    (the workspace cache), rewritten there. The result is verified against `md5` before it
-    replaces `dest`, so a partial or wrong restore never lands.
+    (the workspace cache), rewritten there. An object corrupt in every store is read again
+    into `repair` by `refetch(object md5)` (an object-store remote: `bigdeep.remote.refetch`,
+    which names where it read it, or returns None). The result is verified against `md5`
+    before it replaces `dest`, so a partial or wrong restore never lands.
     """
     restored = Restored(dest)
 
     def fetch(obj_md5: str, what: str) -> Path:
-        obj, corrupt = _intact_object(stores, obj_md5, what)
+        try:
+            obj, corrupt = _intact_object(stores, obj_md5, what)
+        except RestoreError:
+            where = refetch(obj_md5) if refetch is not None and repair is not None else None
+            if where is None:
+                raise
+            obj, _ = _intact_object([repair], obj_md5, what)  # raises if it came back corrupt
+            restored.fallbacks.append(f"{what} is corrupt in {repair}: read it again from {where}")
+            restored.repaired += 1
+            return obj
         for bad in corrupt:
             restored.fallbacks.append(f"{what} is corrupt in {bad}: read it from {obj.parents[3]}")
             if repair is not None and bad == repair:

@@ -18,7 +18,12 @@ from pathlib import Path
 from bigdeep.errors import StageFailed
 
 # what botocore/s3fs print when the store does not answer, and when it refuses the keys
-_UNREACHABLE = ("Could not connect to the endpoint URL", "Connection refused", "timed out")
+_UNREACHABLE = (
+    "Could not connect to the endpoint URL",
+    "Connection refused",
+    "timed out",
+    "timeout on endpoint URL",  # botocore: "Read timeout on endpoint URL" (a store that hangs)
+)
 _DENIED = (
     "InvalidAccessKeyId",
     "SignatureDoesNotMatch",
@@ -112,6 +117,34 @@ def fetch(repo, md5: str) -> str | None:
                 f"'{name}' ({url}); run `bigdeep restore` again once it answers, or push the "
                 "data from a machine that has it (`dvc push`)"
             )
+    return None
+
+
+def refetch(repo, md5: str) -> str | None:
+    """Read object `md5` (a file or a `.dir` manifest) again from an object-store remote into
+    the repo's cache, replacing a corrupt copy there (DVC's pull skips an object the cache
+    already holds, intact or not). Where it came from, for messages; None when no such remote
+    holds it (the corrupt copy is then left as it was)."""
+    from dvc_data.hashfile.hash_info import HashInfo
+
+    cache = Path(repo.cache.local.path)
+    obj = cache / md5[:2] / md5[2:]
+    for name, config in repo.config["remote"].items():
+        url = config["url"]
+        if "://" not in url or url.startswith("file:"):
+            continue  # a local remote is a store `restore_dir` reads in place
+        aside = obj.with_name(obj.name + ".corrupt")
+        if obj.exists():
+            obj.replace(aside)
+        try:
+            result = repo.cloud.pull({HashInfo("md5", md5)}, remote=name)
+        except Exception:  # noqa: BLE001 - unreachable or refused: try the next remote
+            result = None
+        if result is not None and not result.failed and obj.exists():
+            aside.unlink(missing_ok=True)
+            return f"the DVC remote '{name}' ({url})"
+        if aside.exists():
+            aside.replace(obj)
     return None
 
 

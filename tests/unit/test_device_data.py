@@ -190,6 +190,14 @@ def test_auto_leaves_streamed_splits_on_the_loader_path_and_on_names_them(tmp_pa
         _cnn_fit(tmp_path, 0, device_data="on", memory_mb=0)
 
 
+def test_auto_keeps_the_dataloader_path_on_the_cpu_and_on_takes_the_device_path(tmp_path: Path):
+    write_images(tmp_path)
+    _, trainer, dm, _ = _cnn_fit(tmp_path, 0, device_data="auto")
+    assert dm.on_device == [] and not isinstance(trainer.train_dataloader, DeviceBatches)
+    _, trainer, dm, _ = _cnn_fit(tmp_path, 0, device_data="on")
+    assert dm.on_device == ["train", "val"] and isinstance(trainer.train_dataloader, DeviceBatches)
+
+
 def test_off_and_no_trainer_keep_the_dataloader_path(tmp_path: Path):
     write_images(tmp_path)
     _, trainer, dm, _ = _cnn_fit(tmp_path, 0, device_data="off")

@@ -244,3 +244,23 @@ def test_augmentation_moves_every_channel_alike():
     # one transform per image, applied to every channel: the channels stay proportional
     torch.testing.assert_close(moved[:, 1], moved[:, 0] * 0.5)
     torch.testing.assert_close(moved[:, 2], moved[:, 0] * 0.25)
+
+
+def test_sizes_of_equal_counts_are_listed_in_order_of_first_appearance():
+    from collections import Counter
+
+    from bigdeep.quality.gate import _count_shapes
+
+    frame = pd.DataFrame(
+        {
+            "height": pd.array([30, 10, None, 20, 10, 30], dtype="Int64"),
+            "width": pd.array([3, 1, None, 2, 1, 3], dtype="Int64"),
+            "mode": pd.array(["L", "L", None, "RGB", "L", "L"], dtype="str"),
+        }
+    )
+    sizes: Counter = Counter()
+    modes: Counter = Counter()
+    _count_shapes(frame, sizes, modes)
+    _count_shapes(frame.iloc[3:4], sizes, modes)  # a second chunk adds to the counts
+    assert sizes.most_common() == [((30, 3), 2), ((10, 1), 2), ((20, 2), 2)]
+    assert modes == Counter({"L": 4, "RGB": 2})

@@ -204,3 +204,31 @@ def test_shard_paths_on_an_empty_or_missing_store(tmp_path: Path):
     for empty_ok, says in ((True, "no such directory"), (False, r"no part-\*\.parquet shards")):
         with pytest.raises(FileNotFoundError, match=f"nowhere: {says} .run `bigdeep ingest`"):
             shard_paths(tmp_path / "nowhere", empty_ok=empty_ok)
+
+
+def test_hash_prefixes_are_the_first_8_bytes_of_each_digest():
+    from bigdeep.quality.profile import _prefixes
+
+    digests = [hashlib.sha256(bytes([i])).hexdigest() for i in range(200)]
+    digests += ["f" * 16 + "0" * 48, "0" * 64]  # the largest and the smallest prefix
+    expected = np.array([int(d[:16], 16) for d in digests], dtype=np.uint64)
+    np.testing.assert_array_equal(_prefixes(np.array(digests, dtype=object)), expected)
+    assert _prefixes(np.array([], dtype=object)).shape == (0,)
+
+
+def test_sorted_runs_find_every_key_added_and_stay_few():
+    from bigdeep.quality.profile import _SortedRuns
+
+    rng = np.random.default_rng(0)
+    keys = np.unique(rng.integers(0, 2**64 - 1, size=20_500, dtype=np.uint64))[:20_000]
+    keys = keys[rng.permutation(len(keys))]
+    held: dict[int, int] = {}
+    runs = _SortedRuns()
+    for start in range(0, 19_000, 1000):  # chunks of 1,000, as the gate adds them
+        chunk = keys[start : start + 1000]
+        runs.add(chunk, np.arange(start, start + len(chunk), dtype=np.int64))
+        held.update({int(k): start + i for i, k in enumerate(chunk)})
+        assert len(runs.runs) <= 6  # about log2 of the chunks added, not one run per chunk
+    probe = keys[rng.permutation(len(keys))]  # the last 1,000 were never added
+    expected = [held.get(int(k), -1) for k in probe]
+    np.testing.assert_array_equal(runs.find(probe), expected)

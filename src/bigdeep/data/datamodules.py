@@ -12,9 +12,12 @@ Device-resident data (`device_data`): when the trainer is attached, a split held
 that fits `device_budget_fraction` of the training device's memory is moved there once
 (images as uint8) and the trainer's loaders cut batches there (`DeviceBatches`); images are
 converted and augmented on the device after the transfer (`on_after_batch_transfer`), with
-a random stream seeded per step. On the CPU the "device" is the host: the same code, no
-loader machinery. Other splits (streamed, over the budget, `off`, or differential privacy,
-which needs its own Poisson-sampled loader) take the DataLoader path. `eval_dataloader`
+a random stream seeded per step. `auto` does so on an accelerator only: on the CPU the
+DataLoader path measured about as fast (tests/benchmarks/README.md, "GPU-first training") and keeps
+the batch order and augmentation draws, hence the metrics, of earlier versions; `on` takes
+the device path on the CPU too (the "device" is then the host). Other splits (streamed,
+over the budget, `off`, or differential privacy, which needs its own Poisson-sampled loader)
+take the DataLoader path. `eval_dataloader`
 always takes the DataLoader path: float32 batches on the host, in order.
 """
 
@@ -118,6 +121,8 @@ class SplitDataModule(pl.LightningDataModule):
         if self.device_data == "off" or trainer is None:
             return None
         device = trainer.strategy.root_device
+        if self.device_data == "auto" and device.type == "cpu":
+            return None  # on the CPU, `auto` keeps the DataLoader path (module docstring)
         key = f"{split}@{device}:{trainer.global_rank}/{trainer.world_size}"
         if key not in self._on_device:
             source = self._device_source(split)

@@ -340,8 +340,9 @@ def _count_shapes(frame: pd.DataFrame, sizes: Counter, modes: Counter) -> None:
     if not {"height", "width", "mode"} <= set(frame.columns):
         return
     decoded = frame.dropna(subset=["height", "width"])
-    pairs = zip(decoded["height"].astype("int64"), decoded["width"].astype("int64"), strict=True)
-    sizes.update(Counter((int(h), int(w)) for h, w in pairs))
+    # counted in order of first appearance, as the report lists sizes of equal counts
+    pairs = decoded.groupby(["height", "width"], sort=False).size()
+    sizes.update({(int(h), int(w)): int(n) for (h, w), n in pairs.items()})
     modes.update(frame["mode"].dropna().astype(str).value_counts().to_dict())
 
 

@@ -291,19 +291,62 @@ def _take(items: Iterator[_Part], n: int) -> Iterable[_Part]:
         yield item
 
 
+# hex digit (ASCII code) -> its value; sha256 hex digests are lower case
+_HEX = np.zeros(256, dtype=np.uint64)
+_HEX[np.frombuffer(b"0123456789abcdef", np.uint8)] = np.arange(16, dtype=np.uint64)
+_NIBBLE_SHIFTS = np.arange(60, -4, -4, dtype=np.uint64)  # 16 hex digits -> one uint64
+
+
+def _prefixes(digests: np.ndarray) -> np.ndarray:
+    """The first 8 bytes of each hex sha256 digest as a uint64: int(d[:16], 16) for each d,
+    without a Python step per image (the driver does this for every image of the store)."""
+    digits = np.frombuffer(digests.astype("S16").tobytes(), np.uint8).reshape(-1, 16)
+    return np.bitwise_or.reduce(_HEX[digits] << _NIBBLE_SHIFTS, axis=1)
+
+
+class _SortedRuns:
+    """Distinct uint64 keys, each with an int64 value, kept in sorted runs whose sizes at
+    least double from the newest to the oldest (as the digits of a binary counter): adding a
+    chunk's keys merges only runs no larger than it, so a store of N keys costs
+    O(N log N) in all. One sorted array re-sorted per chunk costs O(N) per chunk: quadratic,
+    hours of driver time at 100M images."""
+
+    def __init__(self) -> None:
+        self.runs: list[tuple[np.ndarray, np.ndarray]] = []  # (sorted keys, values), oldest first
+
+    def find(self, keys: np.ndarray) -> np.ndarray:
+        """The value of each key, -1 for a key not held."""
+        found = np.full(len(keys), -1, dtype=np.int64)
+        for run_keys, run_values in self.runs:
+            at = np.searchsorted(run_keys, keys).clip(max=len(run_keys) - 1)
+            hit = run_keys[at] == keys
+            found[hit] = run_values[at[hit]]
+        return found
+
+    def add(self, keys: np.ndarray, values: np.ndarray) -> None:
+        """Hold `keys` (distinct, none held yet) with their `values`."""
+        order = np.argsort(keys, kind="stable")
+        run = keys[order], values[order]
+        while self.runs and len(self.runs[-1][0]) <= 2 * len(run[0]):
+            old_keys, old_values = self.runs.pop()
+            merged = np.concatenate([old_keys, run[0]])
+            order = np.argsort(merged, kind="stable")
+            run = merged[order], np.concatenate([old_values, run[1]])[order]
+        self.runs.append(run)
+
+
 class _Duplicates:
     """Finds exact duplicates (same sha256) across the whole store, streamed.
 
     Keeps the first 8 bytes of each distinct hash and the store position of its first copy
-    (16 bytes per distinct image); a candidate is confirmed on the full sha256, and the
+    (16 bytes per distinct image, `_SortedRuns`); a candidate is confirmed on the full sha256, and the
     first copy's record_id is read back from its shard only when a duplicate is found.
     """
 
     def __init__(self, parts: list[_Part]) -> None:
         self.parts = parts
         self.starts = np.array([p.start for p in parts], dtype=np.int64)
-        self.seen = np.empty(0, dtype=np.uint64)  # sorted hash prefixes
-        self.first = np.empty(0, dtype=np.int64)  # store position of each one's first copy
+        self.seen = _SortedRuns()  # hash prefix -> store position of its first copy
         self.done = 0  # records marked so far
         self._cache: tuple[int, pd.DataFrame] | None = None
 
@@ -313,17 +356,15 @@ class _Duplicates:
         sha = frame["sha256"]
         hashed = sha.notna().to_numpy()
         prefix = np.zeros(n, dtype=np.uint64)
-        prefix[hashed] = [int(s[:16], 16) for s in sha[hashed]]
+        prefix[hashed] = _prefixes(sha[hashed].to_numpy(dtype=object))
         positions = self.done + np.arange(n, dtype=np.int64)
         duplicate_of = np.full(n, None, dtype=object)
 
         # copies of records in earlier chunks
-        at = np.searchsorted(self.seen, prefix).clip(max=max(len(self.seen) - 1, 0))
-        earlier = hashed & (len(self.seen) > 0)
-        if len(self.seen):
-            earlier &= self.seen[at] == prefix
+        first = self.seen.find(prefix)
+        earlier = hashed & (first >= 0)
         for i in np.flatnonzero(earlier):
-            record_id, first_sha = self._record(int(self.first[at[i]]))
+            record_id, first_sha = self._record(int(first[i]))
             if first_sha == sha.iloc[i]:
                 duplicate_of[i] = record_id
 
@@ -339,10 +380,7 @@ class _Duplicates:
             for i, f in zip(idx, firsts, strict=True):
                 if i != f and sha.iloc[i] == sha.iloc[f]:
                     duplicate_of[i] = ids[f]
-            merged = np.concatenate([self.seen, values])
-            order = np.argsort(merged, kind="stable")
-            self.seen = merged[order]
-            self.first = np.concatenate([self.first, positions[idx[first_local]]])[order]
+            self.seen.add(values, positions[idx[first_local]])
 
         frame["duplicate_of"] = pd.array(duplicate_of, dtype="str")
         self.done += n
