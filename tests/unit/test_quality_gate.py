@@ -504,3 +504,41 @@ def test_timestamps_outside_the_nanosecond_range_are_checked_not_crashed():
         "series: row 17 (2300-01-01T07:30Z) Time is duplicated (2 rows share it)"
         in (result.report["failures"])
     )
+
+
+def test_record_checks_run_per_unit_give_the_report_of_one_validation(tmp_path, monkeypatch):
+    """gate_images runs the record checks on each unit of UNIT_ROWS images where it is
+    decoded (a Dask worker, a decoding process) and the duplicate check, which needs the whole
+    store, here; the report and quarantine are those of one validation of the whole profile."""
+    import bigdeep.quality.gate as gate
+    import bigdeep.quality.profile as profile
+
+    monkeypatch.setattr(profile, "UNIT_ROWS", 5)
+    ran: list[str] = []
+    run_suite = gate.run_suite
+    monkeypatch.setattr(gate, "run_suite", lambda *a: ran.append(a[1].name) or run_suite(*a))
+    clean = clean_images() * 3  # 36 images, each content three times: 24 duplicates
+    records = [(f"{i % 3}/{i:02d}.png", label, data) for i, (_, label, data) in enumerate(clean)]
+    for i in (7, 13, 20):  # one that does not decode in each of three units of one chunk
+        records[i] = (f"{i % 3}/{i:02d}.png", str(i % 3), b"")
+    records[29] = ("2/29.png", "7", png(digit(29)))  # a label outside the classes
+    raw = tmp_path / "raw"
+    for k in range(6):  # twelve shards of 3 images: a unit of 5+ images is two shards
+        write_images(tmp_path / f"s{k}", records[6 * k : 6 * k + 6])
+        for j, shard in enumerate(sorted((tmp_path / f"s{k}").glob("part-*.parquet"))):
+            raw.mkdir(exist_ok=True)
+            shard.rename(raw / f"part-{2 * k + j:05d}.parquet")
+
+    settings = IMAGES.model_copy(update={"max_quarantine_fraction": 1.0})
+    streamed = gate.gate_images("images", raw, settings, chunk_rows=14)
+    assert ran.count("images") == 6  # the unit checks ran once per unit, not per chunk
+    whole = run_gate("images", profile_images(raw), settings)
+    assert streamed.report == whole.report
+    pd.testing.assert_frame_equal(streamed.quarantine, whole.quarantine)
+    # later copies in every unit (over 10: the examples are cut), three that do not decode
+    assert sorted(whole.quarantine["check"].value_counts().items()) == [
+        ("decodes", 3),
+        ("duplicate", 22),  # with two copies of the empty file
+        ("label_in_classes", 1),
+    ]
+    assert entry(whole, "decodes")["examples"] == ["1/07.png", "1/13.png", "2/20.png"]

@@ -21,6 +21,7 @@ the only I/O besides reading the raw store.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections import Counter
 from collections.abc import Iterable
@@ -69,11 +70,14 @@ from bigdeep.quality.suites import (
     CLASS_COLUMNS,
     DRIFT_COLUMNS,
     PRIVACY_COLUMNS,
+    STORE_CHECKS,
     SUMMARY_COLUMNS,
+    Suite,
     class_count_suite,
     drift_suite,
     image_suite,
     privacy_suite,
+    select,
     series_suite,
     summary_suite,
 )
@@ -178,12 +182,14 @@ def gate_images(
     """Profile and validate the raw image store chunk by chunk (bounded memory, every core, or
     a Dask cluster's workers: `executor`, bigdeep.compute).
     `conversion` (prepare.images): with a size or mode set, images need only be convertible."""
+    conversion = conversion or ImagePrepare()
     chunks = iter_image_profiles(
         shards_dir,
         max_pixels=settings.max_pixels,
         workers=workers,
         chunk_rows=chunk_rows,
         executor=executor,
+        check=_UnitChecks(name, settings.model_dump_json(), conversion.model_dump_json()),
     )
     return _gate_images(name, chunks, settings, reference, conversion)
 
@@ -281,6 +287,7 @@ def _gate_images(
     s, conversion = settings, conversion or ImagePrepare()
     ref = reference.profile if reference else None
     records, classes = image_suite(s, conversion), class_count_suite(s)
+    store_checks = select(records, STORE_CHECKS)
     summary = summary_suite(name, s.min_rows, s.max_rows, s.max_drop_pct, "records")
     drift = drift_suite(name, s.max_drift_js, s.max_drift_linf)
     run = Run(name, [summary, records, classes, drift])
@@ -298,7 +305,12 @@ def _gate_images(
             if chunk.intensity is not None:
                 edges["pixel_intensity"] = np.arange(INTENSITY_BINS + 1, dtype=np.float64)
             builder = ProfileBuilder(name, edges, ref)
-        run.validate(records, Table(frame, "record_id"))
+        if chunk.checked is None:  # a profile in memory (`run_gate`)
+            run.validate(records, Table(frame, "record_id"))
+        else:  # checked where it was decoded, but for the checks that need the whole store
+            for validated in chunk.checked:
+                run.absorb(validated)
+            run.validate(store_checks, Table(frame, "record_id"))
         rows += len(frame)
         if "label" in frame:
             labels.update(frame["label"].dropna().astype(str).value_counts().to_dict())
@@ -331,6 +343,29 @@ def _gate_images(
         [*list(report.items())[:at], ("shapes", shapes), *list(report.items())[at:]]
     )
     return result
+
+
+@dataclass(frozen=True)
+class _UnitChecks:
+    """The image record checks a unit's own rows decide (all but STORE_CHECKS), run on its
+    profile where it is decoded: a Dask worker, a decoding process, or here. Settings travel
+    as JSON; each process builds the GX suite once."""
+
+    name: str
+    settings: str  # ImageQuality, as JSON
+    conversion: str  # ImagePrepare, as JSON
+
+    def __call__(self, frame: pd.DataFrame) -> Validated:
+        suite = _unit_suite(self.settings, self.conversion)
+        return run_suite(self.name, suite, Table(frame, "record_id"))
+
+
+@functools.cache
+def _unit_suite(settings: str, conversion: str) -> Suite:
+    full = image_suite(
+        ImageQuality.model_validate_json(settings), ImagePrepare.model_validate_json(conversion)
+    )
+    return select(full, STORE_CHECKS, keep=False)
 
 
 # How many of the most common sizes the report lists (the rest are counted together).

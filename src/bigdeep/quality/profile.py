@@ -47,6 +47,11 @@ PARALLEL_MIN_ROWS = 200_000
 # small enough that a chunk's profile stays a few MB.
 CHUNK_ROWS = 50_000
 
+# Images per unit of work when the record checks run where the images are decoded (`check`):
+# consecutive row groups, so GX's fixed cost per run (~0.07 s) stays under ~10 us an image,
+# and a 1M-image store still makes 100 units to spread over the workers.
+UNIT_ROWS = 10_000
+
 # Pixel intensities are histogrammed over 0..255 (8-bit images only); per-image means over
 # fixed 8-wide bins. Fixed edges make histograms of two versions comparable without a pass
 # over the reference.
@@ -149,6 +154,9 @@ class ProfileChunk:
 
     frame: pd.DataFrame  # PROFILE_COLUMNS, duplicate_of filled across the whole store so far
     intensity: np.ndarray  # (INTENSITY_BINS,) int64: pixel values of the chunk's 8-bit images
+    # what `check` returned for each unit of the chunk, in order, computed where the unit was
+    # decoded (before duplicates were marked); None when no check was given
+    checked: list[Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -190,6 +198,23 @@ def _profile_part(part: _Part, max_pixels: int) -> ProfileChunk:
     return ProfileChunk(_typed(pd.DataFrame(rows, columns=list(PROFILE_COLUMNS))), intensity)
 
 
+def _profile_unit(parts: list[_Part], max_pixels: int, check: Callable[[pd.DataFrame], Any]):
+    """Profile consecutive row groups and run `check` on their profile (in a worker)."""
+    chunk = _join([_profile_part(part, max_pixels) for part in parts])
+    chunk.checked = [check(chunk.frame)]
+    return chunk
+
+
+def _units(parts: list[_Part], rows: int) -> list[list[_Part]]:
+    """Consecutive row groups, at least `rows` images a unit (the last may hold fewer)."""
+    units: list[list[_Part]] = [[]]
+    for part in parts:
+        if sum(p.rows for p in units[-1]) >= rows:
+            units.append([])
+        units[-1].append(part)
+    return units if units[0] else []
+
+
 def _typed(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.astype(PROFILE_COLUMNS)
 
@@ -205,6 +230,7 @@ def iter_image_profiles(
     workers: int | None = None,
     chunk_rows: int = CHUNK_ROWS,
     executor: Executor | None = None,
+    check: Callable[[pd.DataFrame], Any] | None = None,
 ) -> Iterator[ProfileChunk]:
     """Profile the store in chunks of about `chunk_rows` images, in store order.
 
@@ -213,16 +239,22 @@ def iter_image_profiles(
     the row groups; without one, `workers` decoding processes here: None uses every core
     once the store holds at least PARALLEL_MIN_ROWS images, and one process below that.
     Duplicates are marked here, in store order, so the result does not depend on either.
+    check: run on the profile of each unit of UNIT_ROWS images where it is decoded (a
+    picklable callable: the gate's record checks), its results in `chunk.checked`.
     """
     parts = _parts(shard_paths(shards_dir, empty_ok=True))
+    if check is None:
+        fn, items, args = _profile_part, parts, (max_pixels,)
+    else:
+        fn, items, args = _profile_unit, _units(parts, UNIT_ROWS), (max_pixels, check)
     if executor is not None:
-        profiled = executor.map_ordered(_profile_part, parts, max_pixels)
+        profiled = executor.map_ordered(fn, items, *args)
     else:
         if workers is None:
             total = sum(p.rows for p in parts)
             workers = (os.cpu_count() or 1) if total >= PARALLEL_MIN_ROWS else 1
-        workers = max(1, min(workers, len(parts) or 1))
-        profiled = _ordered_map(_profile_part, parts, max_pixels, workers)
+        workers = max(1, min(workers, len(items) or 1))
+        profiled = _ordered_map(fn, items, args, workers)
     duplicates = _Duplicates(parts)
     pending: list[ProfileChunk] = []
     for part in profiled:
@@ -256,34 +288,38 @@ def _no_intensity() -> np.ndarray:
 
 def _join(chunks: list[ProfileChunk]) -> ProfileChunk:
     frame = pd.concat([c.frame for c in chunks], ignore_index=True) if chunks else empty_profile()
-    return ProfileChunk(_typed(frame), sum((c.intensity for c in chunks), _no_intensity()))
+    intensity = sum((c.intensity for c in chunks), _no_intensity())
+    checked = None
+    if chunks and all(c.checked is not None for c in chunks):
+        checked = [result for c in chunks for result in c.checked or []]
+    return ProfileChunk(_typed(frame), intensity, checked)
 
 
 def _ordered_map(
-    fn: Callable[[_Part, int], ProfileChunk], parts: list[_Part], max_pixels: int, workers: int
+    fn: Callable[..., ProfileChunk], items: list[Any], args: tuple[Any, ...], workers: int
 ) -> Iterator[ProfileChunk]:
-    """fn over parts, results in order, at most 2 x workers parts in flight (so results
-    cannot pile up faster than validation consumes them)."""
+    """fn(item, *args) over items, results in order, at most 2 x workers items in flight
+    (so results cannot pile up faster than validation consumes them)."""
     if workers == 1:
-        for part in parts:
-            yield fn(part, max_pixels)
+        for item in items:
+            yield fn(item, *args)
         return
     # Processes, because decoding holds the GIL; spawned, because forking a process that
     # runs Arrow's threads can deadlock.
     spawn = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=spawn) as pool:
-        todo: Iterator[_Part] = iter(parts)
+        todo: Iterator[Any] = iter(items)
         flight: deque[Future[ProfileChunk]] = deque()
-        for part in _take(todo, 2 * workers):
-            flight.append(pool.submit(fn, part, max_pixels))
+        for item in _take(todo, 2 * workers):
+            flight.append(pool.submit(fn, item, *args))
         while flight:
             result = flight.popleft().result()
-            for part in _take(todo, 1):
-                flight.append(pool.submit(fn, part, max_pixels))
+            for item in _take(todo, 1):
+                flight.append(pool.submit(fn, item, *args))
             yield result
 
 
-def _take(items: Iterator[_Part], n: int) -> Iterable[_Part]:
+def _take(items: Iterator[Any], n: int) -> Iterable[Any]:
     for _ in range(n):
         item = next(items, None)
         if item is None:
@@ -384,7 +420,7 @@ class _Duplicates:
 
         frame["duplicate_of"] = pd.array(duplicate_of, dtype="str")
         self.done += n
-        return ProfileChunk(frame, chunk.intensity)
+        return ProfileChunk(frame, chunk.intensity, chunk.checked)
 
     def _record(self, position: int) -> tuple[str, str]:
         """(record_id, sha256) of the record at a store position, read from its shard."""

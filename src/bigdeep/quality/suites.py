@@ -247,7 +247,17 @@ def privacy_suite(name: str, settings: SeriesPrivacy) -> Suite:
     return suite(f"{name}_privacy", checks)
 
 
+def select(s: Suite, names: set[str], keep: bool = True) -> Suite:
+    """The suite of `s`'s checks named in `names` (keep) or of the others (not keep), in
+    suite order; `Run` folds its results into `s`'s checks of the same names."""
+    return suite(s.name, [c for c in s.checks if (c.name in names) == keep])
+
+
 # --- images: the profile table (one row per image) ------------------------------------------
+
+# The image record checks that need the whole store, not a unit's own rows: run where the
+# store is merged (the gate's driver), the others where the images are decoded.
+STORE_CHECKS = {"duplicate"}
 
 
 def image_suite(settings: ImageQuality, conversion: ImagePrepare | None = None) -> Suite:
