@@ -288,6 +288,7 @@ def _gate_images(
     ref = reference.profile if reference else None
     records, classes = image_suite(s, conversion), class_count_suite(s)
     store_checks = select(records, STORE_CHECKS)
+    store_columns = ["record_id", *(c.column for c in store_checks.checks if c.column)]
     summary = summary_suite(name, s.min_rows, s.max_rows, s.max_drop_pct, "records")
     drift = drift_suite(name, s.max_drift_js, s.max_drift_linf)
     run = Run(name, [summary, records, classes, drift])
@@ -310,7 +311,8 @@ def _gate_images(
         else:  # checked where it was decoded, but for the checks that need the whole store
             for validated in chunk.checked:
                 run.absorb(validated)
-            run.validate(store_checks, Table(frame, "record_id"))
+            # only the columns those checks read: GX on a whole profile chunk costs ~3x more
+            run.validate(store_checks, Table(frame[store_columns], "record_id"))
         rows += len(frame)
         if "label" in frame:
             labels.update(frame["label"].dropna().astype(str).value_counts().to_dict())
