@@ -21,6 +21,7 @@ the workers of a LocalCluster, which share this terminal, do not log it again.
 from __future__ import annotations
 
 import logging
+import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -142,16 +143,23 @@ def open_executor(cfg: ComputeSettings) -> Iterator[DaskExecutor | None]:
         # its CPU, decoding ~15 % more, a series chunk (pandas and GX allocate arrays of its
         # length all along) ~2x (tests/benchmarks/README.md, "Dask"). A stage's cluster lives
         # for one stage, so its workers keep glibc's own threshold: memory stays at its peak.
+        # The nanny also leaves its variables in this process's environment, which workers
+        # inherit: a cluster started here earlier would hand its value on.
         environ = dask.config.get("distributed.nanny.pre-spawn-environ")
         environ = {k: v for k, v in environ.items() if k != "MALLOC_TRIM_THRESHOLD_"}
-        with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
-            local = LocalCluster(
-                n_workers=n,
-                threads_per_worker=1,  # decoding holds the GIL: one process per core
-                processes=True,
-                host="127.0.0.1",
-                dashboard_address="127.0.0.1:0",
-            )
+        inherited = os.environ.pop("MALLOC_TRIM_THRESHOLD_", None)
+        try:
+            with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+                local = LocalCluster(
+                    n_workers=n,
+                    threads_per_worker=1,  # decoding holds the GIL: one process per core
+                    processes=True,
+                    host="127.0.0.1",
+                    dashboard_address="127.0.0.1:0",
+                )
+        finally:
+            if inherited is not None:
+                os.environ["MALLOC_TRIM_THRESHOLD_"] = inherited
         client = Client(local)
         try:
             client.register_plugin(_quiet_task_errors(), name="bigdeep-quiet-task-errors")

@@ -339,15 +339,19 @@ def test_a_scheduler_that_does_not_answer_is_a_clear_error_within_seconds():
     assert time.monotonic() - start < 10
 
 
-def test_a_local_cluster_is_started_and_closed_by_the_stage():
+def test_a_local_cluster_is_started_and_closed_by_the_stage(monkeypatch):
+    # what a cluster started earlier in this process leaves in its environment (Dask's nanny)
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")
     with open_executor(ComputeSettings(cluster="local:2")) as executor:
         assert executor is not None and executor.workers == 2
         squares = list(executor.map_ordered(pow, range(20), 2))
-        environ = list(executor.map_ordered(os.environ.get, ["MALLOC_TRIM_THRESHOLD_"] * 2))
+        # os.getenv runs on the worker (os.environ.get would pickle this process's environ)
+        environ = list(executor.map_ordered(os.getenv, ["MALLOC_TRIM_THRESHOLD_"] * 2))
         client = executor.client
     assert squares == [i * i for i in range(20)]
     assert client.status == "closed"
     assert environ == [None, None]  # glibc's own trim threshold: Dask's doubles PNG encoding
+    assert os.environ["MALLOC_TRIM_THRESHOLD_"] == "65536"  # this process's is left as it was
 
 
 # --- series ----------------------------------------------------------------------------------
