@@ -162,27 +162,14 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     from bigdeep.prepare import prepare_images, prepare_series
 
     s = _settings(args)
-    if args.dataset == "images":
-        with open_executor(s.compute) as executor:  # reads and decodes shards: compute.cluster
+    raw, quarantine, out = Path(args.raw), Path(args.quarantine), Path(args.out)
+    with open_executor(s.compute) as executor:  # reads the shards: compute.cluster
+        if args.dataset == "images":
             counts = prepare_images(
-                Path(args.raw),
-                Path(args.quarantine),
-                Path(args.out),
-                s.prepare.images,
-                s.quality.images.classes,
-                s.seed,
-                executor,
+                raw, quarantine, out, s.prepare.images, s.quality.images.classes, s.seed, executor
             )
-    else:
-        with open_executor(s.compute) as executor:  # reads and resamples shards: compute.cluster
-            counts = prepare_series(
-                Path(args.raw),
-                Path(args.quarantine),
-                Path(args.out),
-                s.data.series,
-                s.prepare.series,
-                executor,
-            )
+        else:
+            counts = prepare_series(raw, quarantine, out, s.data.series, s.prepare.series, executor)
     print(f"prepare {args.dataset}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
     return 0
 
