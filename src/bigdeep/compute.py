@@ -37,6 +37,9 @@ R = TypeVar("R")
 # to keep every worker busy while the stage merges, few enough that memory stays bounded.
 IN_FLIGHT_PER_WORKER = 4
 
+# Times a map sends its arguments again after a dead worker took their last copy along.
+ARGUMENT_RESENDS = 3
+
 
 class ComputeError(BigdeepError):
     """The Dask cluster named by compute.cluster cannot be reached or was lost mid-stage."""
@@ -75,23 +78,53 @@ class DaskExecutor:
 
     def map_ordered(self, fn: Callable[..., R], items: Iterable[Any], *args: Any) -> Iterator[R]:
         """fn(item, *args) for each item, in order, at most IN_FLIGHT_PER_WORKER x workers
-        in flight (so results cannot pile up faster than the stage merges them)."""
+        in flight (so results cannot pile up faster than the stage merges them).
+
+        The arguments are sent to every worker once. A worker that dies holding the last
+        copy of them takes its tasks' inputs along, and Dask cancels those tasks ("already
+        forgotten"): the arguments are then sent again and the tasks resubmitted, up to
+        ARGUMENT_RESENDS times a map."""
         window = IN_FLIGHT_PER_WORKER * self.workers
-        todo = iter(items)
-        flight: deque[Any] = deque()
+        flight: deque[list[Any]] = deque()  # [item, its future], in input order
+        sent = self._scatter(args)
+        resends = 0
+
+        def first() -> R:
+            nonlocal sent, resends
+            from concurrent.futures import CancelledError
+
+            while True:
+                try:
+                    result = self._result(flight[0][1])
+                except CancelledError as e:
+                    if resends == ARGUMENT_RESENDS:
+                        raise self._lost(e) from None
+                    resends += 1
+                    sent = self._scatter(args)
+                    for entry in flight:
+                        if entry[1].cancelled():
+                            entry[1] = self._submit(fn, entry[0], sent)
+                    continue
+                flight.popleft()
+                return result
+
         try:
-            # each argument sent to every worker once, not once per task ([a]: one object,
-            # even when it is a list or a set)
-            scattered = [self.client.scatter([a], broadcast=True, hash=False)[0] for a in args]
-            for item in todo:
-                flight.append(self._submit(fn, item, scattered))
+            for item in items:
+                flight.append([item, self._submit(fn, item, sent)])
                 if len(flight) >= window:
-                    yield self._result(flight.popleft())
+                    yield first()
             while flight:
-                yield self._result(flight.popleft())
+                yield first()
         finally:
-            for future in flight:  # a stage that stopped early (an error) leaves nothing running
+            for _, future in flight:  # a stage that stopped early (an error) leaves nothing
                 future.cancel()
+
+    def _scatter(self, args: tuple[Any, ...]) -> list[Any]:
+        """Each argument on every worker ([a]: one object, even a list or a set)."""
+        try:
+            return [self.client.scatter([a], broadcast=True, hash=False)[0] for a in args]
+        except Exception as e:
+            raise self._lost(e) from None
 
     def _submit(self, fn: Callable[..., R], item: Any, args: list[Any]) -> Any:
         try:
@@ -100,15 +133,14 @@ class DaskExecutor:
             raise self._lost(e) from None
 
     def _result(self, future: Any) -> Any:
-        from concurrent.futures import CancelledError
-
+        """The task's result; its own error raised as itself, a cancelled task's
+        CancelledError as is (map_ordered resends), a lost cluster as a ComputeError."""
         from distributed.comm.core import CommClosedError
         from distributed.scheduler import KilledWorker
 
         try:
             return future.result()
-        except (KilledWorker, CancelledError, CommClosedError, TimeoutError) as e:
-            # a task's own error (e.g. a bad shard) is re-raised as itself, above
+        except (KilledWorker, CommClosedError, TimeoutError) as e:
             raise self._lost(e) from None
 
     def _lost(self, e: BaseException) -> ComputeError:

@@ -260,6 +260,27 @@ def kill_one_worker(client) -> int:
     return pid
 
 
+def _slow_len(i: int, values: list[int]) -> int:
+    time.sleep(0.05)
+    return len(values) + i
+
+
+def test_arguments_lost_with_every_worker_are_sent_again(cluster):
+    """Every worker holding a map's arguments dies: Dask cancels the tasks that needed them
+    ("already forgotten"); map_ordered sends the arguments again and the map completes."""
+    address, client = cluster
+    before = set(client.run(os.getpid).values())
+    results = DaskExecutor(client, address, retries=0).map_ordered(_slow_len, range(24), [0] * 99)
+    first = next(results)
+    for pid in before:
+        os.kill(pid, signal.SIGKILL)
+    assert [first, *results] == [99 + i for i in range(24)]
+    deadline = time.monotonic() + 60  # the nanny has started two new workers for the next test
+    while len(set(client.run(os.getpid, on_error="ignore").values()) - before) < 2:
+        assert time.monotonic() < deadline, "the nanny did not restart the workers"
+        time.sleep(0.2)
+
+
 def test_a_worker_killed_mid_stage_changes_nothing(cluster, tmp_path):
     address, client = cluster
     batches = [pd.DataFrame({"row": range(i * 10, i * 10 + 10)}) for i in range(12)]
