@@ -217,11 +217,13 @@ def open_executor(cfg: ComputeSettings) -> Iterator[DaskExecutor | None]:
 
 
 def _quiet_task_errors() -> Any:
-    """A worker plugin that drops the worker's own "Compute Failed" log of a task's error.
+    """A worker plugin that drops the worker's own logs of a task's error: its "Compute
+    Failed" (with the traceback), and the warning for each task still running that the stage
+    then cancels ("Async instruction ... ended with CancelledError").
 
     map_ordered re-raises that error here and the command reports it once, without a
-    traceback; the workers of a LocalCluster write to this terminal, where their copy would
-    print it again, traceback included. (A remote cluster's workers keep theirs.)
+    traceback; the workers of a LocalCluster write to this terminal, where their copies would
+    print it again. (A remote cluster's workers keep theirs.)
     """
     from distributed import WorkerPlugin
 
@@ -229,10 +231,15 @@ def _quiet_task_errors() -> Any:
         idempotent = True
 
         def setup(self, worker: Any) -> None:
-            logging.getLogger("distributed.worker").addFilter(_not_a_task_error)
+            for name in ("distributed.worker", "distributed.worker.state_machine"):
+                logging.getLogger(name).addFilter(_not_a_task_error)
 
     return QuietTaskErrors()
 
 
 def _not_a_task_error(record: logging.LogRecord) -> bool:
-    return not str(record.msg).startswith("Compute Failed")
+    message = str(record.msg)
+    return not (
+        message.startswith("Compute Failed")
+        or (message.startswith("Async instruction") and "CancelledError" in message)
+    )

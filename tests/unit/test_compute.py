@@ -36,3 +36,18 @@ def test_in_process_is_the_default_and_imports_no_dask():
         assert executor is None
     assert "distributed" not in sys.modules
     assert list(InProcess().map_ordered(divmod, [7, 9, 11], 4)) == [(1, 3), (2, 1), (2, 3)]
+
+
+def test_workers_drop_only_their_logs_of_a_task_error_the_stage_reports():
+    import logging
+
+    from bigdeep.compute import _not_a_task_error
+
+    def record(message: str) -> logging.LogRecord:
+        return logging.LogRecord("distributed.worker", logging.WARNING, "", 0, message, None, None)
+
+    assert not _not_a_task_error(record("Compute Failed\nKey: _write_shard-1\n..."))
+    cancelled = "Async instruction for <Task cancelled name=\"execute('_write_shard-2')\"> ended"
+    assert not _not_a_task_error(record(cancelled + " with CancelledError"))
+    assert _not_a_task_error(record("Worker is at 85% memory usage. Pausing worker."))
+    assert _not_a_task_error(record(cancelled + " with OSError"))
