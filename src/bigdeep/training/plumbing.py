@@ -118,9 +118,14 @@ class EpochHistory(Logger):
             return True
         if self._down_since is not None and not self._answers():
             return False  # a cheap probe instead of a request that would sit in retries
+        recovering = self._down_since is not None
         try:
             for epoch in sorted(self._unsent):
-                log_metrics(self.client, self.run_id, self._unsent[epoch], step=epoch)
+                values = self._unsent[epoch]
+                if recovering:  # the request the outage cut may have been recorded: not twice
+                    values = {k: v for k, v in values.items() if not self._recorded(k, epoch, v)}
+                if values:
+                    log_metrics(self.client, self.run_id, values, step=epoch)
                 del self._unsent[epoch]
         except Exception as e:  # noqa: BLE001 - any failure to record: keep the values
             self._write_spool()
@@ -168,6 +173,11 @@ class EpochHistory(Logger):
             f"in {self.spool}. Fix: start the server again (`bigdeep servers up`), then run the "
             "same command: it resumes from the checkpoint, sends the metrics and publishes."
         )
+
+    def _recorded(self, key: str, step: int, value: float) -> bool:
+        """The server holds `key` = `value` at `step` already."""
+        history = self.client.get_metric_history(self.run_id, key)
+        return any(m.step == step and m.value == value for m in history)
 
     def _answers(self) -> bool:
         if not self.uri.startswith(("http://", "https://")):
